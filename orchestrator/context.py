@@ -1,0 +1,126 @@
+"""RunContext: what a strategy gets for one run, passed explicitly (no globals).
+
+It holds the problem, the backends, the run's BudgetMeter and Trace, and a seeded RNG.
+``RunContext.generate`` is the only way a strategy reaches a backend: it asks the meter to admit
+the call (which may narrow ``n`` or ``max_tokens`` to fit), records a ``backend`` span with
+tokens, latency and cost, settles the meter with what was really spent, and extracts each
+candidate's final answer in the problem's answer format.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Mapping
+
+from orchestrator.answers import extract_answer
+from orchestrator.backends.base import Backend, GenerationRequest
+from orchestrator.budget import BudgetMeter
+from orchestrator.errors import BudgetExhausted, RegistryError
+from orchestrator.trace import Trace
+from orchestrator.types import Candidate, Problem, Usage
+
+
+def estimate_prompt_tokens(request: GenerationRequest) -> int:
+    """A cheap upper-ish estimate of prompt tokens (about 4 characters per token)."""
+    if request.prompt is not None:
+        chars = len(request.prompt)
+    else:
+        chars = sum(len(m.content) + 8 for m in request.messages or [])
+    return chars // 4 + 1
+
+
+class RunContext:
+    """Per-run state shared by the strategy tree of one run. Never shared between runs.
+
+    Attributes:
+        problem: the problem being solved.
+        meter: the run's BudgetMeter.
+        trace: the run's Trace.
+        rng: a seeded ``random.Random`` for strategies that make random choices.
+        seen: every candidate any backend call of this run returned (best-so-far fallback).
+    """
+
+    def __init__(
+        self,
+        problem: Problem,
+        backends: Mapping[str, Backend],
+        default_backend: str,
+        meter: BudgetMeter,
+        trace: Trace,
+        seed: int | None = None,
+    ) -> None:
+        self.problem = problem
+        self.backends = backends
+        self.default_backend = default_backend
+        self.meter = meter
+        self.trace = trace
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.seen: list[Candidate] = []
+
+    def backend(self, name: str | None = None) -> Backend:
+        """The backend called ``name``, or the run's default backend."""
+        key = name or self.default_backend
+        try:
+            return self.backends[key]
+        except KeyError:
+            known = ", ".join(sorted(self.backends)) or "(none)"
+            raise RegistryError(f"unknown backend {key!r}; configured: {known}") from None
+
+    async def generate(
+        self, request: GenerationRequest, backend: str | None = None, *, extract: bool = True
+    ) -> list[Candidate]:
+        """Sample through the meter and the trace.
+
+        Returns the candidates (possibly fewer than ``request.n`` when the meter narrowed the
+        request to fit the budget). Raises BudgetExhausted when the meter refuses the call or
+        the run's deadline passes during it, and BackendError when the backend fails.
+        """
+        b = self.backend(backend)
+        adm = self.meter.admit(
+            request.n, request.max_tokens, estimate_prompt_tokens(request), b.pricing
+        )
+        if request.seed is None and self.seed is not None:
+            request = request.model_copy(update={"seed": self.rng.randrange(2**31)})
+        if adm.n != request.n or adm.max_tokens != request.max_tokens:
+            request = request.model_copy(update={"n": adm.n, "max_tokens": adm.max_tokens})
+        with self.trace.span(
+            b.name, kind="backend", model=b.model, n=request.n, max_tokens=request.max_tokens
+        ) as span:
+            if adm.narrowed:
+                span.set(narrowed_by_budget=True)
+            t0 = time.perf_counter()
+            try:
+                async with asyncio.timeout(self.meter.seconds_left()):
+                    gen = await b.generate(request)
+            except TimeoutError:
+                self.meter.release(adm)
+                raise BudgetExhausted("seconds", "budget exhausted: seconds (deadline passed)")
+            except BaseException:
+                self.meter.release(adm)
+                raise
+            cost = b.pricing.cost(gen.prompt_tokens, gen.completion_tokens)
+            cached = sum(c.tokens for c in gen.candidates if c.cached)
+            self.meter.settle(
+                adm,
+                Usage(
+                    prompt_tokens=gen.prompt_tokens,
+                    completion_tokens=gen.completion_tokens - cached,
+                    calls=gen.calls,
+                    cost_usd=cost,
+                    seconds=time.perf_counter() - t0,
+                    cached_tokens=cached,
+                ),
+            )
+            span.prompt_tokens = gen.prompt_tokens
+            span.completion_tokens = gen.completion_tokens - cached
+            span.cost_usd = cost
+            span.set(calls=gen.calls, returned=len(gen.candidates))
+        cands = gen.candidates
+        if extract:
+            fmt = self.problem.answer_format
+            cands = [c.model_copy(update={"answer": extract_answer(c.text, fmt)}) for c in cands]
+        self.seen.extend(cands)
+        return cands

@@ -1,0 +1,129 @@
+"""The strategy contract.
+
+A strategy is a registered class with a pydantic ``Config`` (``extra="forbid"``) and one
+coroutine, ``run(problem, ctx) -> Result``. Callers use ``await strategy(problem, ctx)``, which
+opens the strategy's trace span around ``run``. A strategy keeps no per-run state on ``self``:
+one instance serves many concurrent runs. Composite strategies build their children in
+``__init__`` and return them from ``children()``, so that capability checks, the trace and the
+architecture search can walk the graph.
+
+When the budget runs out (``BudgetExhausted`` from ``ctx.generate``) a strategy returns its best
+result so far with ``budget_exhausted=True``; it never lets the exception escape once it has a
+candidate.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from orchestrator.backends.base import Backend, Capabilities, GenerationRequest
+from orchestrator.config import validate_config
+from orchestrator.context import RunContext
+from orchestrator.errors import CapabilityError, ConfigError
+from orchestrator.registry import strategies as registry
+from orchestrator.types import Problem, Result
+
+StrategySpec = str | dict[str, Any]
+
+
+class StrategyConfig(BaseModel):
+    """Base of every strategy's config. Unknown fields are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SamplingConfig(StrategyConfig):
+    """Sampling parameters shared by the strategies that call a backend."""
+
+    backend: str | None = Field(None, description="backend name; None = the run's default")
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_tokens: int = Field(512, ge=1, le=32768)
+    stop: list[str] | None = None
+
+    def request(self, problem: Problem, n: int = 1, **overrides: Any) -> GenerationRequest:
+        """A chat request posing ``problem`` with these sampling parameters."""
+        fields: dict[str, Any] = dict(
+            messages=problem.messages(),
+            n=n,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            max_tokens=self.max_tokens,
+            stop=self.stop,
+        )
+        fields.update(overrides)
+        return GenerationRequest(**fields)
+
+
+class Strategy(abc.ABC):
+    """Base class of all strategies. Subclasses set ``Config`` and implement ``run``."""
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type[StrategyConfig]] = StrategyConfig
+    #: Backend capabilities this strategy always needs.
+    requires: ClassVar[Capabilities] = Capabilities()
+
+    def __init__(self, config: StrategyConfig | dict[str, Any] | None = None, **kwargs: Any):
+        if isinstance(config, StrategyConfig):
+            config = config.model_dump(exclude_unset=True)
+        data = {**(config or {}), **kwargs}
+        self.config: Any = validate_config(self.Config, data, f"strategy {self.name!r}")
+
+    @abc.abstractmethod
+    async def run(self, problem: Problem, ctx: RunContext) -> Result:
+        """Solve ``problem``. Must not keep per-run state on ``self``."""
+
+    async def __call__(self, problem: Problem, ctx: RunContext) -> Result:
+        """Run inside this strategy's trace span and stamp the result with the name."""
+        with ctx.trace.span(self.name, kind="strategy") as span:
+            result = await self.run(problem, ctx)
+            span.set(answer=result.answer, budget_exhausted=result.budget_exhausted)
+            if result.details:
+                span.set(**{k: v for k, v in result.details.items() if k != "error"})
+        return result if result.strategy else result.model_copy(update={"strategy": self.name})
+
+    def children(self) -> list[Strategy]:
+        """Child strategies (composites override)."""
+        return []
+
+    def needs(self) -> Capabilities:
+        """Capabilities this node needs from its own backend (may depend on the config)."""
+        return self.requires
+
+    def backend_name(self) -> str | None:
+        """The backend this node samples from (None = the run's default)."""
+        return getattr(self.config, "backend", None)
+
+    def check(self, resolve: Callable[[str | None], Backend]) -> None:
+        """Raise CapabilityError when this node or a descendant needs what its backend lacks."""
+        backend = resolve(self.backend_name())
+        missing = backend.capabilities.missing(self.needs())
+        if missing:
+            raise CapabilityError(
+                f"strategy {self.name!r} needs backend capabilities {', '.join(missing)}, "
+                f"which backend {backend.name!r} ({type(backend).__name__}) does not offer; "
+                "choose another backend with --backend or another strategy"
+            )
+        for child in self.children():
+            child.check(resolve)
+
+    def describe(self) -> dict[str, Any]:
+        """The config as a nested spec dict (``{"strategy": name, ...}``)."""
+        return {"strategy": self.name, **self.config.model_dump(exclude_defaults=True)}
+
+
+def build_strategy(spec: StrategySpec | Strategy) -> Strategy:
+    """A strategy from a name, a spec dict ``{"strategy": name, **config}`` or an instance."""
+    if isinstance(spec, Strategy):
+        return spec
+    if isinstance(spec, str):
+        return registry.get(spec)()  # type: ignore[no-any-return]
+    data = dict(spec)
+    name = data.pop("strategy", None)
+    if not isinstance(name, str):
+        raise ConfigError(f"a strategy spec needs a 'strategy' name field, got {spec!r}")
+    return registry.get(name)(data)  # type: ignore[no-any-return]

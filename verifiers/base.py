@@ -1,0 +1,86 @@
+"""The verifier contract.
+
+A verifier is a registered class with a pydantic ``Config`` and one batch-first coroutine,
+``score(problem, candidates, ctx) -> list[Score]`` returning exactly one Score per candidate, in
+order (higher is better). Callers use ``await verifier(problem, candidates, ctx)``, which opens a
+``verifier`` trace span. Verifiers that call a model do so through ``ctx.generate`` so their
+calls are charged to the run's budget. A verifier keeps no per-run state on ``self``.
+
+``needs`` states what the *sampling* backend must provide for the candidates to be scorable
+(e.g. ``mean_logprob`` needs candidates sampled with logprobs); strategies read it to ask for
+logprobs and to refuse backends that lack them.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from orchestrator.backends.base import Capabilities
+from orchestrator.config import validate_config
+from orchestrator.context import RunContext
+from orchestrator.errors import ConfigError
+from orchestrator.registry import verifiers as registry
+from orchestrator.types import Candidate, Problem, Score
+
+VerifierSpec = str | dict[str, Any]
+
+
+class VerifierConfig(BaseModel):
+    """Base of every verifier's config. Unknown fields are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Verifier(abc.ABC):
+    """Base class of all verifiers. Subclasses set ``Config`` and implement ``score``."""
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type[VerifierConfig]] = VerifierConfig
+    #: What the candidates' sampling backend must offer (e.g. logprobs).
+    needs: ClassVar[Capabilities] = Capabilities()
+
+    def __init__(self, config: VerifierConfig | dict[str, Any] | None = None, **kwargs: Any):
+        if isinstance(config, VerifierConfig):
+            config = config.model_dump(exclude_unset=True)
+        data = {**(config or {}), **kwargs}
+        self.config: Any = validate_config(self.Config, data, f"verifier {self.name!r}")
+
+    @abc.abstractmethod
+    async def score(
+        self, problem: Problem, candidates: list[Candidate], ctx: RunContext
+    ) -> list[Score]:
+        """One Score per candidate, in order."""
+
+    async def __call__(
+        self, problem: Problem, candidates: list[Candidate], ctx: RunContext
+    ) -> list[Score]:
+        """Score inside a verifier span; checks the one-score-per-candidate contract."""
+        with ctx.trace.span(self.name, kind="verifier", candidates=len(candidates)) as span:
+            scores = await self.score(problem, candidates, ctx)
+            if len(scores) != len(candidates):
+                raise RuntimeError(
+                    f"verifier {self.name!r} returned {len(scores)} scores "
+                    f"for {len(candidates)} candidates"
+                )
+            span.set(scores=[round(s.value, 4) for s in scores])
+        return scores
+
+    def describe(self) -> dict[str, Any]:
+        """The config as a spec dict (``{"verifier": name, ...}``)."""
+        return {"verifier": self.name, **self.config.model_dump(exclude_defaults=True)}
+
+
+def build_verifier(spec: VerifierSpec | Verifier) -> Verifier:
+    """A verifier from a name, a spec dict ``{"verifier": name, **config}`` or an instance."""
+    if isinstance(spec, Verifier):
+        return spec
+    if isinstance(spec, str):
+        return registry.get(spec)()  # type: ignore[no-any-return]
+    data = dict(spec)
+    name = data.pop("verifier", None)
+    if not isinstance(name, str):
+        raise ConfigError(f"a verifier spec needs a 'verifier' name field, got {spec!r}")
+    return registry.get(name)(data)  # type: ignore[no-any-return]
