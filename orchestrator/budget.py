@@ -82,9 +82,14 @@ class BudgetMeter:
         d = self.deadline
         return None if d is None else max(0.0, d - self._now())
 
-    def _refuse(self, limit: str, detail: str) -> BudgetExhausted:
+    def mark_exhausted(self, limit: str) -> None:
+        """Record that ``limit`` bound the run (a refusal, or a sample cut short by it)."""
         self.exhausted = True
         self.exhausted_by = self.exhausted_by or limit
+
+    def refuse(self, limit: str, detail: str) -> BudgetExhausted:
+        """Mark the meter exhausted by ``limit`` and return the BudgetExhausted to raise."""
+        self.mark_exhausted(limit)
         return BudgetExhausted(limit, f"budget exhausted: {limit} ({detail})")
 
     def admit(
@@ -93,17 +98,17 @@ class BudgetMeter:
         """Admit a call of ``n`` samples of up to ``max_tokens`` each, or raise BudgetExhausted."""
         b = self.budget
         if b.max_seconds is not None and self.seconds_left() == 0.0:
-            raise self._refuse("seconds", f"limit {b.max_seconds}s")
+            raise self.refuse("seconds", f"limit {b.max_seconds}s")
         if b.max_calls is not None and self.usage.calls + self._inflight >= b.max_calls:
-            raise self._refuse("calls", f"limit {b.max_calls}")
-        if b.max_prompt_tokens is not None:
-            if self.usage.prompt_tokens + self._reserved_prompt >= b.max_prompt_tokens:
-                raise self._refuse("prompt_tokens", f"limit {b.max_prompt_tokens}")
+            raise self.refuse("calls", f"limit {b.max_calls}")
+        prompt_spent = self.usage.prompt_tokens + self._reserved_prompt
+        if b.max_prompt_tokens is not None and prompt_spent >= b.max_prompt_tokens:
+            raise self.refuse("prompt_tokens", f"limit {b.max_prompt_tokens}")
         narrowed = False
         if b.max_completion_tokens is not None:
             left = b.max_completion_tokens - self.usage.completion_tokens - self._reserved_tokens
             if left <= 0:
-                raise self._refuse("completion_tokens", f"limit {b.max_completion_tokens}")
+                raise self.refuse("completion_tokens", f"limit {b.max_completion_tokens}")
             fit = max(1, min(n, left // max_tokens))
             if fit < n:
                 n, narrowed = fit, True
@@ -111,7 +116,7 @@ class BudgetMeter:
                 max_tokens, narrowed = left, True
         usd = (pricing or Pricing()).cost(prompt_tokens, n * max_tokens)
         if b.max_usd is not None and self.usage.cost_usd + self._reserved_usd >= b.max_usd:
-            raise self._refuse("usd", f"limit ${b.max_usd}")
+            raise self.refuse("usd", f"limit ${b.max_usd}")
         adm = Admission(n, max_tokens, n * max_tokens, prompt_tokens, usd, narrowed)
         self._reserved_tokens += adm.reserved_tokens
         self._reserved_prompt += adm.reserved_prompt

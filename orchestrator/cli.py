@@ -182,14 +182,18 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("solve", help="answer one question with a strategy")
     s.add_argument("question")
     g = s.add_mutually_exclusive_group()
-    g.add_argument("--strategy", default="single", help="registered name or configs/strategies/NAME.yaml")
+    g.add_argument(
+        "--strategy", default="single", help="registered name or configs/strategies/NAME.yaml"
+    )
     g.add_argument("--config", help="a strategy spec YAML file")
     s.add_argument("--n", type=int, help="samples (for strategies with `n`)")
     s.add_argument("--temperature", type=float)
     s.add_argument("--max-tokens", type=int)
     s.add_argument("--backend", help="backend name from the backends file")
     s.add_argument("--model", help="override the backend's model")
-    s.add_argument("--backends", help="backends file (default: $TTC_BACKENDS_FILE or configs/backends.yaml)")
+    s.add_argument(
+        "--backends", help="backends file (default: $TTC_BACKENDS_FILE or configs/backends.yaml)"
+    )
     s.add_argument("--budget-tokens", type=int, help="max completion tokens for the run")
     s.add_argument("--budget-calls", type=int)
     s.add_argument("--budget-usd", type=float)

@@ -22,9 +22,10 @@ as ``_``; VALUE parsed as YAML, so ``32`` is a number).
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -35,13 +36,40 @@ from orchestrator.errors import ConfigError
 DEFAULT_BACKENDS: dict[str, Any] = {"default": "local", "backends": {"local": {"kind": "embedded"}}}
 
 
+def _nested_model(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside ``annotation`` (``Model``, ``dict[str, Model]``, ...), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _nested_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _model_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> type[BaseModel]:
+    """The model that holds the field at ``loc`` (dict keys and list indices are skipped)."""
+    for part in loc[:-1]:
+        info = model.model_fields.get(part) if isinstance(part, str) else None
+        nested = _nested_model(info.annotation) if info is not None else None
+        if nested is not None:
+            model = nested
+    return model
+
+
 def format_validation_error(exc: ValidationError, where: str, model: type[BaseModel]) -> str:
-    """One message naming each bad field, its value and the rule it broke."""
+    """One message naming each bad field, its value and the rule it broke.
+
+    The known fields listed are those of the model holding the first bad field (a backend's
+    fields for ``backends.NAME.colour``, not the file's top-level fields).
+    """
     problems = []
-    for err in exc.errors():
+    errors = exc.errors()
+    for err in errors:
         field = ".".join(str(p) for p in err["loc"]) or "(top level)"
         problems.append(f"{field}: {err['msg']} (got {err.get('input')!r})")
-    known = ", ".join(model.model_fields)
+    holder = _model_at(model, tuple(errors[0]["loc"])) if errors else model
+    known = ", ".join(holder.model_fields)
     return f"invalid config for {where}: " + "; ".join(problems) + f". Known fields: {known}"
 
 
@@ -93,7 +121,11 @@ def _env_overrides(data: dict[str, Any]) -> dict[str, Any]:
         if len(parts) != 3 or not parts[2]:
             raise ConfigError(f"environment {key}: expected TTC_BACKEND__<NAME>__<FIELD>")
         name = by_env.get(parts[1], parts[1].lower().replace("_", "-"))
-        backends.setdefault(name, {})[parts[2].lower()] = yaml.safe_load(value)
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"environment {key}: invalid YAML value {value!r}: {exc}") from None
+        backends.setdefault(name, {})[parts[2].lower()] = parsed
     return data
 
 
@@ -111,8 +143,7 @@ def load_backends(path: str | Path | None = None) -> BackendsFile:
     """Read, override from the environment and validate the backends file."""
     source = backends_path(path)
     if source is None:
-        data: Any = {"default": DEFAULT_BACKENDS["default"],
-                     "backends": dict(DEFAULT_BACKENDS["backends"])}
+        data: Any = copy.deepcopy(DEFAULT_BACKENDS)  # env overrides must not edit the default
         where = "built-in backends"
     else:
         data = load_yaml(source)

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from orchestrator.answers import extract_answer
 from orchestrator.backends.base import Backend, GenerationRequest
 from orchestrator.budget import BudgetMeter
-from orchestrator.errors import BudgetExhausted, RegistryError
+from orchestrator.errors import RegistryError
 from orchestrator.trace import Trace
 from orchestrator.types import Candidate, Problem, Usage
 
@@ -79,6 +79,7 @@ class RunContext:
         the run's deadline passes during it, and BackendError when the backend fails.
         """
         b = self.backend(backend)
+        wanted_tokens = request.max_tokens
         adm = self.meter.admit(
             request.n, request.max_tokens, estimate_prompt_tokens(request), b.pricing
         )
@@ -93,11 +94,13 @@ class RunContext:
                 span.set(narrowed_by_budget=True)
             t0 = time.perf_counter()
             try:
-                async with asyncio.timeout(self.meter.seconds_left()):
+                async with asyncio.timeout(self.meter.seconds_left()) as deadline:
                     gen = await b.generate(request)
             except TimeoutError:
                 self.meter.release(adm)
-                raise BudgetExhausted("seconds", "budget exhausted: seconds (deadline passed)")
+                if not deadline.expired():  # the backend's own timeout, not the run's deadline
+                    raise
+                raise self.meter.refuse("seconds", "deadline passed during a call") from None
             except BaseException:
                 self.meter.release(adm)
                 raise
@@ -118,6 +121,11 @@ class RunContext:
             span.completion_tokens = gen.completion_tokens - cached
             span.cost_usd = cost
             span.set(calls=gen.calls, returned=len(gen.candidates))
+            if adm.max_tokens < wanted_tokens and any(
+                c.finish_reason == "length" for c in gen.candidates
+            ):  # a sample was cut short by the budget itself
+                self.meter.mark_exhausted("completion_tokens")
+                span.set(truncated_by_budget=True)
         cands = gen.candidates
         if extract:
             fmt = self.problem.answer_format

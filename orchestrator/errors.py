@@ -25,7 +25,7 @@ class TTCError(Exception):
 
 
 class ConfigError(TTCError, ValueError):
-    """A configuration value is invalid; the message names where, which field, the value, the fix."""
+    """A configuration value is invalid: the message names where, the field, the value, the fix."""
 
 
 class RegistryError(TTCError, KeyError):

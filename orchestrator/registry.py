@@ -29,7 +29,7 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    """A registry of classes by name.
+    """A registry of classes (or factories) by name.
 
     Args:
         kind: what is registered, for messages ("strategy").
@@ -41,13 +41,13 @@ class Registry(Generic[T]):
         self.kind = kind
         self.group = group
         self._builtins = builtins
-        self._items: dict[str, type[T]] = {}
+        self._items: dict[str, T] = {}
         self._loaded = False
 
-    def register(self, name: str) -> Callable[[type[T]], type[T]]:
-        """Class decorator registering the class under ``name`` (and setting ``cls.name``)."""
+    def register(self, name: str) -> Callable[[T], T]:
+        """Decorator registering a class (or factory) under ``name`` and setting its ``name``."""
 
-        def deco(cls: type[T]) -> type[T]:
+        def deco(cls: T) -> T:
             existing = self._items.get(name)
             if existing is not None and existing is not cls:
                 raise RegistryError(f"{self.kind} {name!r} is already registered by {existing}")
@@ -70,7 +70,7 @@ class Registry(Generic[T]):
             except Exception as exc:  # a broken plugin must not break ttc
                 log.warning("skipping %s plugin %r from %s: %s", self.kind, ep.name, ep.value, exc)
 
-    def get(self, name: str) -> type[T]:
+    def get(self, name: str) -> T:
         """The class registered as ``name``; RegistryError lists the known names otherwise."""
         self._load()
         try:
@@ -84,7 +84,7 @@ class Registry(Generic[T]):
         self._load()
         return sorted(self._items)
 
-    def items(self) -> Iterator[tuple[str, type[T]]]:
+    def items(self) -> Iterator[tuple[str, T]]:
         """(name, class) pairs, sorted by name."""
         self._load()
         for name in sorted(self._items):

@@ -121,9 +121,9 @@ def build_strategy(spec: StrategySpec | Strategy) -> Strategy:
     if isinstance(spec, Strategy):
         return spec
     if isinstance(spec, str):
-        return registry.get(spec)()  # type: ignore[no-any-return]
+        return registry.get(spec)()
     data = dict(spec)
     name = data.pop("strategy", None)
     if not isinstance(name, str):
         raise ConfigError(f"a strategy spec needs a 'strategy' name field, got {spec!r}")
-    return registry.get(name)(data)  # type: ignore[no-any-return]
+    return registry.get(name)(data)

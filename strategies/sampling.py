@@ -116,7 +116,10 @@ class NSamplesStrategy(Strategy):
 
 def base_details(got: Collected) -> dict[str, Any]:
     """Details every N-sample strategy reports."""
-    details: dict[str, Any] = {"samples": len(got.candidates), "failed": len(got.candidates) - len(got.ok)}
+    details: dict[str, Any] = {
+        "samples": len(got.candidates),
+        "failed": len(got.candidates) - len(got.ok),
+    }
     if got.error:
         details["error"] = got.error
     return details
@@ -136,4 +139,6 @@ async def score_and_pick(
     scores = await verifier(problem, cands, ctx)
     live = [i for i, c in enumerate(cands) if not c.failed]
     best = max(live, key=lambda i: (cands[i].answer is not None, scores[i].value, -i))
-    return [ScoredCandidate(candidate=c, scores=[s]) for c, s in zip(cands, scores, strict=True)], best
+    return [
+        ScoredCandidate(candidate=c, scores=[s]) for c, s in zip(cands, scores, strict=True)
+    ], best

@@ -2,7 +2,7 @@
 
 ``vote`` groups equivalent answers (``orchestrator.answers.group_answers``) and weighs each group
 by the sum of its members' weights (1 each for plain majority). Ties break towards the group
-seen first, so results are deterministic for a given candidate order.
+with more members, then towards the group seen first, so results are deterministic.
 """
 
 from __future__ import annotations
@@ -49,6 +49,6 @@ def vote(candidates: Sequence[Candidate], weights: Sequence[float] | None = None
     totals = [sum(w[i] for i in g) for g in groups]
     if not groups:
         return Vote([], [], None, 0.0)
-    winner = max(range(len(groups)), key=lambda j: (totals[j], -j))
+    winner = max(range(len(groups)), key=lambda j: (totals[j], len(groups[j]), -j))
     total = sum(totals)
     return Vote(groups, totals, winner, totals[winner] / total if total > 0 else 0.0)

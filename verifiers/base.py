@@ -78,9 +78,9 @@ def build_verifier(spec: VerifierSpec | Verifier) -> Verifier:
     if isinstance(spec, Verifier):
         return spec
     if isinstance(spec, str):
-        return registry.get(spec)()  # type: ignore[no-any-return]
+        return registry.get(spec)()
     data = dict(spec)
     name = data.pop("verifier", None)
     if not isinstance(name, str):
         raise ConfigError(f"a verifier spec needs a 'verifier' name field, got {spec!r}")
-    return registry.get(name)(data)  # type: ignore[no-any-return]
+    return registry.get(name)(data)

@@ -90,11 +90,17 @@ def fake(name: str, cfg: BackendConfig) -> Backend:
     """The FakeBackend (tests, demos without a model); ``options`` go to its constructor."""
     from orchestrator.testing.fake_backend import FakeBackend
 
-    return FakeBackend(name=name, model=cfg.model or "fake-model", pricing=cfg.pricing, **cfg.options)
+    options = dict(cfg.options)
+    if cfg.capabilities is not None:  # the declared override, as for the other kinds
+        options["capabilities"] = cfg.capabilities
+    return FakeBackend(name=name, model=cfg.model or "fake-model", pricing=cfg.pricing, **options)
 
 
 def create_backend(name: str, cfg: BackendConfig) -> Backend:
     """Build the backend ``name`` declared by ``cfg``."""
     factory = backends.get(cfg.kind)
-    backend: Backend = factory(name, cfg)
+    try:
+        backend: Backend = factory(name, cfg)
+    except TypeError as exc:  # an unknown key in `options` reaches the constructor
+        raise ConfigError(f"backend {name!r} (kind {cfg.kind}): bad `options`: {exc}") from None
     return backend

@@ -38,7 +38,10 @@ FULL = Capabilities(logprobs=True, top_logprobs=20, prefix_continuation=True, na
 
 def default_text(answer: str) -> str:
     """The completion text the fake uses for an answer."""
-    return f"Let me work this out step by step. The result is {answer}. The answer is \\boxed{{{answer}}}."
+    return (
+        f"Let me work this out step by step. The result is {answer}. "
+        f"The answer is \\boxed{{{answer}}}."
+    )
 
 
 class FakeBackend(Backend):
@@ -88,9 +91,11 @@ class FakeBackend(Backend):
         return self.answers[index % len(self.answers)]
 
     def _candidate(self, request: GenerationRequest, rng: random.Random, index: int) -> Candidate:
-        text = self.script(request, index) if self.script else default_text(self._answer(rng, index))
-        words = text.split(" ")
-        words = words[: request.max_tokens]
+        text = (
+            self.script(request, index) if self.script else default_text(self._answer(rng, index))
+        )
+        all_words = text.split(" ")
+        words = all_words[: request.max_tokens]
         text = " ".join(words)
         logprobs = None
         if request.logprobs:
@@ -99,10 +104,14 @@ class FakeBackend(Backend):
                 lp = -rng.random() * 1.5
                 top = {w: lp, "Yes": lp - 1.0, "No": lp - 2.0} if request.top_logprobs else None
                 logprobs.append(TokenLogprob(token=w, logprob=lp, top=top))
-        finish = "length" if len(words) >= request.max_tokens else "stop"
+        finish = "length" if len(all_words) > request.max_tokens else "stop"
         return Candidate(
-            text=text, tokens=len(words), logprobs=logprobs, finish_reason=finish,
-            model=self.model, backend=self.name,
+            text=text,
+            tokens=len(words),
+            logprobs=logprobs,
+            finish_reason=finish,
+            model=self.model,
+            backend=self.name,
         )
 
     async def generate(self, request: GenerationRequest) -> Generation:

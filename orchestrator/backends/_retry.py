@@ -1,0 +1,210 @@
+"""Retries for HTTP backends: classify failures, wait (Retry-After or jittered backoff), give up.
+
+The rule: 429, 5xx, timeouts, connection errors and malformed responses are retried; any other
+4xx is not. When the retries run out, or on a non-retryable failure, the last failure is raised
+as the matching ``BackendError`` subclass, chained (``raise ... from``) to the transport error.
+``asyncio.CancelledError`` is never caught here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC
+from typing import Literal, TypeVar
+
+import openai
+import pydantic
+
+from orchestrator.errors import (
+    BackendError,
+    BackendProtocolError,
+    BackendRequestError,
+    BackendTimeout,
+    BackendUnavailable,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+FailureKind = Literal["timeout", "unavailable", "protocol", "request"]
+_ERRORS: dict[FailureKind, type[BackendError]] = {
+    "timeout": BackendTimeout,
+    "unavailable": BackendUnavailable,
+    "protocol": BackendProtocolError,
+    "request": BackendRequestError,
+}
+
+
+class MalformedResponse(Exception):
+    """A response arrived but is not a valid completion; raised by parsers, retried."""
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One failed attempt, classified.
+
+    Attributes:
+        kind: which ``BackendError`` it becomes; ``request`` failures are not retried.
+        message: what went wrong, with the server's own message when it sent one.
+        status: the HTTP status, when there was a response.
+        retry_after: seconds the server asked us to wait (``Retry-After``), if any.
+    """
+
+    kind: FailureKind
+    message: str
+    status: int | None = None
+    retry_after: float | None = None
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how long to retry.
+
+    Attributes:
+        max_retries: retries after the first attempt (so ``max_retries + 1`` attempts at most).
+        backoff_base: the first backoff ceiling in seconds; it doubles per retry.
+        backoff_max: the largest backoff ceiling in seconds.
+        retry_after_max: the longest wait honoured from a ``Retry-After`` header.
+    """
+
+    max_retries: int = 4
+    backoff_base: float = 0.5
+    backoff_max: float = 30.0
+    retry_after_max: float = 60.0
+
+    def delay(self, retry: int, retry_after: float | None = None) -> float:
+        """Seconds to wait before retry number ``retry`` (0-based).
+
+        The server's ``Retry-After`` (capped at ``retry_after_max``) wins; otherwise exponential
+        backoff with full jitter: uniform in ``[0, min(backoff_max, backoff_base * 2**retry)]``.
+        """
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.retry_after_max)
+        return random.uniform(0.0, min(self.backoff_max, self.backoff_base * 2.0**retry))
+
+
+def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date).
+
+    Returns None when neither header is present or parseable; never a negative number.
+    """
+    millis = headers.get("retry-after-ms")
+    if millis:
+        try:
+            return max(float(millis) / 1000.0, 0.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(when.timestamp() - (time.time() if now is None else now), 0.0)
+
+
+def server_message(exc: openai.APIStatusError) -> str:
+    """The error message the server put in its body (OpenAI, vLLM or FastAPI shape)."""
+    body = exc.body
+    if isinstance(body, dict):
+        for key in ("message", "detail", "error"):
+            value = body.get(key)
+            if isinstance(value, dict):
+                value = value.get("message")
+            if isinstance(value, str) and value:
+                return value
+    if isinstance(body, str) and body.strip():
+        return body.strip()[:500]
+    return exc.message
+
+
+def classify(exc: BaseException) -> Failure | None:
+    """Classify a transport or parse exception; None for anything else (re-raise it as is)."""
+    if isinstance(exc, TimeoutError | openai.APITimeoutError):
+        return Failure("timeout", "request timed out")
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        kind: FailureKind = "unavailable" if status == 429 or status >= 500 else "request"
+        retry_after = parse_retry_after(exc.response.headers)
+        return Failure(kind, f"HTTP {status}: {server_message(exc)}", status, retry_after)
+    if isinstance(exc, openai.APIConnectionError):
+        cause = exc.__cause__ or exc
+        return Failure("unavailable", f"connection error: {type(cause).__name__}: {cause}")
+    if isinstance(exc, openai.APIResponseValidationError):
+        return Failure("protocol", f"invalid response: {exc.message}", exc.status_code)
+    if isinstance(exc, MalformedResponse | json.JSONDecodeError | pydantic.ValidationError):
+        return Failure("protocol", f"unparseable response: {exc}")
+    return None
+
+
+async def call_with_retries(
+    attempt: Callable[[], Awaitable[T]],
+    policy: RetryPolicy,
+    *,
+    backend: str,
+    context: str,
+    timeout: float | None = None,
+) -> T:
+    """Await ``attempt()`` until it succeeds, retrying per ``policy``.
+
+    Args:
+        attempt: makes one request and parses it; raises transport or parse errors.
+        policy: retry counts and waits.
+        backend: the backend's name, for the raised error.
+        context: what was attempted (endpoint, URL, model), prefixed to error messages.
+        timeout: the per-attempt timeout in seconds, named in timeout messages.
+
+    Returns:
+        The first successful result.
+
+    Raises:
+        BackendRequestError: at once, on a 4xx other than 429.
+        BackendTimeout | BackendUnavailable | BackendProtocolError: after the last retry,
+            matching the last failure.
+    """
+    for retry in range(policy.max_retries + 1):
+        try:
+            return await attempt()
+        except Exception as exc:
+            failure = classify(exc)
+            if failure is None:
+                raise
+            if failure.kind == "timeout" and timeout is not None:
+                failure = Failure("timeout", f"no response within {timeout:g} s (timed out)")
+            attempts = retry + 1
+            if failure.kind == "request":
+                raise _error(
+                    failure, f"{context}: rejected ({failure.message}); not retried", backend
+                ) from exc
+            if retry == policy.max_retries:
+                message = f"{context}: {failure.message}; gave up after {attempts} attempt(s)"
+                raise _error(failure, message, backend) from exc
+            wait = policy.delay(retry, failure.retry_after)
+            log.warning(
+                "%s: %s (attempt %d of %d); retrying in %.2f s",
+                context,
+                failure.message,
+                attempts,
+                policy.max_retries + 1,
+                wait,
+            )
+        await asyncio.sleep(wait)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _error(failure: Failure, message: str, backend: str) -> BackendError:
+    return _ERRORS[failure.kind](message, backend=backend, status=failure.status)

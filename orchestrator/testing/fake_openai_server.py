@@ -1,0 +1,326 @@
+"""A real HTTP server speaking the OpenAI completions protocol, with scriptable faults.
+
+Tests point a real client (``openai.AsyncOpenAI`` inside ``OpenAICompatBackend``) at it, so the
+whole transport (HTTP, JSON, headers, timeouts, retries) is exercised, never faked internals::
+
+    with FakeOpenAIServer() as server:
+        server.script(Fault.rate_limited(retry_after="1"), Fault.server_error())
+        backend = OpenAICompatBackend(name="fake", model="m", base_url=server.base_url)
+        ...
+        assert len(server.requests) == 3
+
+The server is a FastAPI app run by uvicorn in a background thread on a free ``127.0.0.1`` port.
+``/v1/chat/completions`` and ``/v1/completions`` answer in the OpenAI response shape (with
+logprobs when asked); ``/version`` answers like vLLM when ``vllm=True``. Each request consumes
+the next scripted ``Fault`` (FIFO, in arrival order); with the script empty it answers normally.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import uvicorn
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+
+FaultKind = Literal["status", "slow", "truncated", "short_n"]
+
+
+@dataclass(frozen=True)
+class Fault:
+    """What the server does to one request. Build with the class methods."""
+
+    kind: FaultKind
+    status: int = 200
+    message: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+    choices: int = 0
+
+    @classmethod
+    def rate_limited(cls, retry_after: str | None = "1") -> Fault:
+        """429 with a ``Retry-After`` header (seconds or an HTTP date; None: no header)."""
+        headers = {"Retry-After": retry_after} if retry_after is not None else {}
+        return cls("status", status=429, message="rate limit reached", headers=headers)
+
+    @classmethod
+    def server_error(cls, status: int = 500, message: str = "internal server error") -> Fault:
+        """A 5xx with an OpenAI-style error body."""
+        return cls("status", status=status, message=message)
+
+    @classmethod
+    def bad_request(cls, message: str = "invalid request", status: int = 400) -> Fault:
+        """A 4xx (other than 429) with an OpenAI-style error body."""
+        return cls("status", status=status, message=message)
+
+    @classmethod
+    def slow(cls, seconds: float) -> Fault:
+        """Wait ``seconds`` before answering normally (stops early if the client disconnects)."""
+        return cls("slow", seconds=seconds)
+
+    @classmethod
+    def truncated(cls) -> Fault:
+        """200 with a JSON content type whose body is cut off mid-document."""
+        return cls("truncated")
+
+    @classmethod
+    def short_n(cls, choices: int) -> Fault:
+        """Answer normally but with only ``choices`` choices (as a server ignoring ``n``)."""
+        return cls("short_n", choices=choices)
+
+
+@dataclass
+class RecordedRequest:
+    """One request the server received.
+
+    Attributes:
+        path: the URL path, e.g. ``/v1/chat/completions``.
+        body: the decoded JSON body (``{}`` for GET).
+        received: ``time.monotonic()`` when the request arrived.
+        fault: the fault applied to it, or None.
+    """
+
+    path: str
+    body: dict[str, Any]
+    received: float
+    fault: Fault | None = None
+
+
+class FakeOpenAIServer:
+    """An OpenAI-compatible HTTP server for tests; a context manager (start / stop).
+
+    Args:
+        model: the ``model`` reported in responses.
+        latency: seconds every normal answer waits (lets tests overlap requests).
+        vllm: serve ``GET /version`` like a vLLM server does.
+
+    Thread safety: the server runs in its own thread; ``requests``, ``in_flight``,
+    ``max_in_flight`` and ``disconnects`` may be read from the test thread at any time.
+    """
+
+    def __init__(self, *, model: str = "fake-model", latency: float = 0.0, vllm: bool = False):
+        self.model = model
+        self.latency = latency
+        self.vllm = vllm
+        self.requests: list[RecordedRequest] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.disconnects = 0
+        self._faults: deque[Fault] = deque()
+        self._lock = threading.Lock()
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._port = 0
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI ``base_url`` of the running server (``http://127.0.0.1:PORT/v1``)."""
+        return f"http://127.0.0.1:{self._port}/v1"
+
+    def script(self, *faults: Fault) -> None:
+        """Queue faults; each following request consumes one, in arrival order."""
+        with self._lock:
+            self._faults.extend(faults)
+
+    def count(self, path: str | None = None) -> int:
+        """Number of requests received, optionally only those to ``path``."""
+        with self._lock:
+            return sum(1 for r in self.requests if path is None or r.path == path)
+
+    def start(self) -> FakeOpenAIServer:
+        """Bind a free port, start uvicorn in a thread and wait until it accepts connections."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        self._port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            self._app(), log_level="warning", lifespan="off", timeout_graceful_shutdown=1
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [sock]}, daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("fake OpenAI server did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        """Ask uvicorn to exit and join its thread. Idempotent."""
+        if self._server is not None and self._thread is not None:
+            self._server.should_exit = True
+            self._thread.join(timeout=10)
+        self._server = self._thread = None
+
+    def __enter__(self) -> FakeOpenAIServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- request handling (runs in the server thread) ------------------------------------------
+
+    def _app(self) -> FastAPI:
+        app = FastAPI()
+
+        @app.post("/v1/chat/completions")
+        async def chat(request: Request) -> Response:
+            return await self._handle(request, chat=True)
+
+        @app.post("/v1/completions")
+        async def completions(request: Request) -> Response:
+            return await self._handle(request, chat=False)
+
+        @app.get("/version")
+        async def version() -> Response:
+            if not self.vllm:
+                return JSONResponse({"detail": "Not Found"}, status_code=404)
+            return JSONResponse({"version": "0.0.0-fake"})
+
+        return app
+
+    def _record(self, path: str, body: dict[str, Any]) -> Fault | None:
+        with self._lock:
+            fault = self._faults.popleft() if self._faults else None
+            self.requests.append(RecordedRequest(path, body, time.monotonic(), fault))
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            return fault
+
+    async def _handle(self, request: Request, *, chat: bool) -> Response:
+        body = await request.json()
+        fault = self._record(request.url.path, body)
+        try:
+            return await self._respond(request, body, fault, chat=chat)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    async def _respond(
+        self, request: Request, body: dict[str, Any], fault: Fault | None, *, chat: bool
+    ) -> Response:
+        delay = self.latency + (fault.seconds if fault and fault.kind == "slow" else 0.0)
+        if not await self._wait(request, delay):
+            return Response(status_code=499)
+        if fault is not None and fault.kind == "status":
+            error = {"message": fault.message, "type": "FakeError", "param": None, "code": None}
+            return JSONResponse({"error": error}, status_code=fault.status, headers=fault.headers)
+        if fault is not None and fault.kind == "truncated":
+            return Response(
+                b'{"id": "cmpl-1", "choices": [{"index": 0, "te', 200, media_type="application/json"
+            )
+        n = int(body.get("n") or 1)
+        if fault is not None and fault.kind == "short_n":
+            n = min(n, fault.choices)
+        build = chat_response if chat else completion_response
+        return JSONResponse(build(body, n=n, model=self.model))
+
+    async def _wait(self, request: Request, seconds: float) -> bool:
+        """Sleep ``seconds`` in small steps; False (and counted) if the client went away."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            await asyncio.sleep(min(left, 0.02))
+            if seconds > 0.05 and await request.is_disconnected():
+                with self._lock:
+                    self.disconnects += 1
+                return False
+        return True
+
+
+# -- response payloads -------------------------------------------------------------------------
+
+
+def sample_tokens(index: int, max_tokens: int) -> tuple[list[str], str]:
+    """The tokens of choice ``index`` (``"The answer is {index}."``) and its finish reason."""
+    tokens = ["The", " answer", " is", f" {index}", "."]
+    if len(tokens) > max_tokens:
+        return tokens[:max_tokens], "length"
+    return tokens, "stop"
+
+
+def _logprob(index: int, position: int) -> float:
+    return round(-0.1 * (position + 1) - 0.01 * index, 6)
+
+
+def _top(token: str, logprob: float, k: int) -> list[tuple[str, float]]:
+    return [(token, logprob)] + [(f"alt{m}", logprob - m) for m in range(1, k)]
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    total = prompt_tokens + completion_tokens
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": total,
+    }
+
+
+def chat_response(body: dict[str, Any], *, n: int, model: str) -> dict[str, Any]:
+    """A ``chat.completion`` object answering ``body`` with ``n`` choices."""
+    k = int(body.get("top_logprobs") or 0)
+    choices, completion_tokens = [], 0
+    for i in range(n):
+        tokens, finish = sample_tokens(i, int(body.get("max_tokens") or 16))
+        completion_tokens += len(tokens)
+        logprobs = None
+        if body.get("logprobs"):
+            content = []
+            for j, tok in enumerate(tokens):
+                lp = _logprob(i, j)
+                top = [{"token": t, "logprob": v, "bytes": None} for t, v in _top(tok, lp, k)]
+                content.append({"token": tok, "logprob": lp, "bytes": None, "top_logprobs": top})
+            logprobs = {"content": content}
+        message = {"role": "assistant", "content": "".join(tokens)}
+        choices.append(
+            {"index": i, "message": message, "logprobs": logprobs, "finish_reason": finish}
+        )
+    prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body["messages"])
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": 0,
+        "model": model,
+        "choices": choices,
+        "usage": _usage(prompt_tokens, completion_tokens),
+    }
+
+
+def completion_response(body: dict[str, Any], *, n: int, model: str) -> dict[str, Any]:
+    """A legacy ``text_completion`` object answering ``body`` with ``n`` choices."""
+    k = body.get("logprobs")
+    choices, completion_tokens = [], 0
+    for i in range(n):
+        tokens, finish = sample_tokens(i, int(body.get("max_tokens") or 16))
+        completion_tokens += len(tokens)
+        logprobs = None
+        if k is not None:
+            lps = [_logprob(i, j) for j in range(len(tokens))]
+            logprobs = {
+                "tokens": tokens,
+                "token_logprobs": lps,
+                "top_logprobs": [
+                    dict(_top(t, v, int(k))) for t, v in zip(tokens, lps, strict=True)
+                ],
+                "text_offset": [sum(len(t) for t in tokens[:j]) for j in range(len(tokens))],
+            }
+        choices.append(
+            {"index": i, "text": "".join(tokens), "logprobs": logprobs, "finish_reason": finish}
+        )
+    prompt_tokens = len(str(body.get("prompt", "")).split())
+    return {
+        "id": "cmpl-fake",
+        "object": "text_completion",
+        "created": 0,
+        "model": model,
+        "choices": choices,
+        "usage": _usage(prompt_tokens, completion_tokens),
+    }
