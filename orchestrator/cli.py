@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,7 @@ async def _solve(args: argparse.Namespace) -> Result:
         answer_format=args.format,
     )
     async with orch:
+        await orch.start()
         return await orch.run(problem, strategy_spec(args), budget_from(args), seed=args.seed)
 
 
@@ -139,8 +141,24 @@ def _print_span(span: dict[str, Any], depth: int) -> None:
         _print_span(child, depth + 1)
 
 
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Send everything written to file descriptor 1 (by us, vLLM or its worker processes) to
+    stderr for the duration, so that ``--json`` output on stdout stays one clean object."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def cmd_solve(args: argparse.Namespace) -> int:
-    result = asyncio.run(_solve(args))
+    with stdout_to_stderr():
+        result = asyncio.run(_solve(args))
     if args.json:
         print(json.dumps(result_json(result, args.logprobs)))
     else:
@@ -219,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ttc`` console script."""
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     args = build_parser().parse_args(argv)
     try:
         if args.command == "solve":
