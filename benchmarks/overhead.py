@@ -105,9 +105,10 @@ def addition_questions(k: int = 20, seed: int = 0) -> list[str]:
 
 async def bench_vllm(repeats: int, max_tokens: int) -> dict[str, Any]:
     """Part (b): orchestrator versus direct engine calls, same engine, same process."""
-    from orchestrator.backends.vllm_engine import embedded_backend
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
+
+    from orchestrator.backends.vllm_engine import embedded_backend
 
     backend = embedded_backend(name="local")
     t_start = time.perf_counter()
@@ -120,7 +121,7 @@ async def bench_vllm(repeats: int, max_tokens: int) -> dict[str, Any]:
     params = SamplingParams(
         n=16, temperature=0.7, max_tokens=max_tokens, output_kind=RequestOutputKind.FINAL_ONLY
     )
-    tokenizer = await engine.get_tokenizer()
+    tokenizer = engine.get_tokenizer()
     prompts = [
         tokenizer.apply_chat_template(
             [{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True

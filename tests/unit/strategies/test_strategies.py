@@ -133,7 +133,7 @@ async def test_repeated_sampling_default_n_and_no_reference() -> None:
 async def test_repeated_sampling_with_an_oracle_selector() -> None:
     backend = FakeBackend(answers=["1", "1", "1", "5"])
     problem = Problem(question=QUESTION, reference="5")
-    spec = {"strategy": "repeated_sampling", "n": 4, "select": "reference_match"}
+    spec = {"strategy": "repeated_sampling", "n": 4, "verifier": "reference_match"}
     result = await orch(backend).run(problem, spec)
     assert result.answer == "5"
     assert result.details["correct"] == 1
@@ -360,7 +360,7 @@ def test_children_and_needs() -> None:
     assert SelfConsistency().needs() == Capabilities()
     assert SelfConsistency(verifier="mean_logprob").needs() == Capabilities(logprobs=True)
     assert BestOfN(verifier="majority_vote").needs() == Capabilities()
-    assert RepeatedSampling(select="mean_logprob").needs().logprobs
+    assert RepeatedSampling(verifier="mean_logprob").needs().logprobs
 
 
 def test_check_walks_the_graph_and_names_the_missing_capability() -> None:
