@@ -8,8 +8,8 @@
     vLLM engine in the same process. Target ratio <= 1.05. Order alternates over ``--repeats``
     rounds; the ratio uses wall time per generated token, since sampled lengths differ run to run.
 
-Usage: ``python benchmarks/overhead.py [--skip-vllm] [--runs 2000] [--repeats 2]``.
-Prints a table and writes ``benchmarks/results/overhead.json``.
+Usage: ``python benchmarks/overhead.py [--skip-vllm] [--runs 2000] [--repeats 2] [--out FILE]``.
+Prints a table and writes ``benchmarks/results/overhead.json`` (or ``--out``).
 """
 
 from __future__ import annotations
@@ -114,14 +114,13 @@ async def bench_vllm(repeats: int, max_tokens: int) -> dict[str, Any]:
     t_start = time.perf_counter()
     await backend.start()
     startup = time.perf_counter() - t_start
-    engine = backend.engine
     questions = addition_questions()
     orch = Orchestrator([backend])
     spec = {"strategy": "self_consistency", "n": 16, "max_tokens": max_tokens, "temperature": 0.7}
     params = SamplingParams(
         n=16, temperature=0.7, max_tokens=max_tokens, output_kind=RequestOutputKind.FINAL_ONLY
     )
-    tokenizer = engine.get_tokenizer()
+    tokenizer = backend.engine.get_tokenizer()
     prompts = [
         tokenizer.apply_chat_template(
             [{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True
@@ -131,7 +130,8 @@ async def bench_vllm(repeats: int, max_tokens: int) -> dict[str, Any]:
 
     async def direct_one(i: int, prompt: str, rnd: int) -> int:
         final = None
-        async for out in engine.generate(prompt, params, request_id=f"direct-{rnd}-{i}"):
+        # backend.engine, not a local: no reference may outlive aclose() (AsyncLLM.__del__)
+        async for out in backend.engine.generate(prompt, params, request_id=f"direct-{rnd}-{i}"):
             final = out
         assert final is not None
         return sum(len(c.token_ids) for c in final.outputs)
@@ -208,9 +208,9 @@ async def main(args: argparse.Namespace) -> None:
             f"  wall ratio={v['wall_ratio']}  seconds-per-token ratio="
             f"{v['seconds_per_token_ratio']} (target <= 1.05)"
         )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
@@ -219,4 +219,5 @@ if __name__ == "__main__":
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--max-tokens", type=int, default=96)
     p.add_argument("--skip-vllm", action="store_true")
+    p.add_argument("--out", type=Path, default=RESULTS, help="results file")
     asyncio.run(main(p.parse_args()))
