@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from importlib.metadata import entry_points
 from typing import Any, Generic, TypeVar
 
-from orchestrator.errors import RegistryError
+from orchestrator.errors import ConfigError, RegistryError
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,23 @@ class Registry(Generic[T]):
         self._load()
         for name in sorted(self._items):
             yield name, self._items[name]
+
+    def build(self, spec: str | Mapping[str, Any], key: str) -> Any:
+        """An instance from a name, or from a spec mapping ``{key: name, **config}``.
+
+        Raises:
+            ConfigError: the mapping has no string ``key`` field.
+            RegistryError: the name is unknown.
+        """
+        if isinstance(spec, str):
+            factory: Any = self.get(spec)
+            return factory()
+        data = dict(spec)
+        name = data.pop(key, None)
+        if not isinstance(name, str):
+            raise ConfigError(f"a {self.kind} spec needs a {key!r} name field, got {spec!r}")
+        factory = self.get(name)
+        return factory(data)
 
     def __contains__(self, name: object) -> bool:
         self._load()

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from orchestrator.backends.base import Backend, Capabilities, GenerationRequest
 from orchestrator.config import validate_config
 from orchestrator.context import RunContext
-from orchestrator.errors import CapabilityError, ConfigError
+from orchestrator.errors import CapabilityError
 from orchestrator.registry import strategies as registry
 from orchestrator.types import Problem, Result
 
@@ -120,10 +120,5 @@ def build_strategy(spec: StrategySpec | Strategy) -> Strategy:
     """A strategy from a name, a spec dict ``{"strategy": name, **config}`` or an instance."""
     if isinstance(spec, Strategy):
         return spec
-    if isinstance(spec, str):
-        return registry.get(spec)()
-    data = dict(spec)
-    name = data.pop("strategy", None)
-    if not isinstance(name, str):
-        raise ConfigError(f"a strategy spec needs a 'strategy' name field, got {spec!r}")
-    return registry.get(name)(data)
+    strategy: Strategy = registry.build(spec, "strategy")
+    return strategy

@@ -21,7 +21,6 @@ from pydantic import BaseModel, ConfigDict
 from orchestrator.backends.base import Capabilities
 from orchestrator.config import validate_config
 from orchestrator.context import RunContext
-from orchestrator.errors import ConfigError
 from orchestrator.registry import verifiers as registry
 from orchestrator.types import Candidate, Problem, Score
 
@@ -77,10 +76,5 @@ def build_verifier(spec: VerifierSpec | Verifier) -> Verifier:
     """A verifier from a name, a spec dict ``{"verifier": name, **config}`` or an instance."""
     if isinstance(spec, Verifier):
         return spec
-    if isinstance(spec, str):
-        return registry.get(spec)()
-    data = dict(spec)
-    name = data.pop("verifier", None)
-    if not isinstance(name, str):
-        raise ConfigError(f"a verifier spec needs a 'verifier' name field, got {spec!r}")
-    return registry.get(name)(data)
+    verifier: Verifier = registry.build(spec, "verifier")
+    return verifier
