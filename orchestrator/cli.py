@@ -32,7 +32,7 @@ def _err(msg: str) -> None:
 
 
 def strategy_spec(args: argparse.Namespace) -> dict[str, Any]:
-    """The strategy spec from --strategy / --config plus the --n/--temperature/... overrides."""
+    """The strategy spec from --strategy / --config plus the --n/--verifier/... overrides."""
     if args.config:
         data = load_yaml(args.config)
         if not isinstance(data, dict):
@@ -48,7 +48,7 @@ def strategy_spec(args: argparse.Namespace) -> dict[str, Any]:
             f"unknown strategy {args.strategy!r}; registered: {', '.join(strategies.names())}"
             + (f"; named configs in {STRATEGY_DIR}: {', '.join(named)}" if named else "")
         )
-    for field in ("n", "temperature", "max_tokens"):
+    for field in ("n", "temperature", "max_tokens", "verifier"):
         value = getattr(args, field)
         if value is not None:
             spec[field] = value
@@ -207,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=int, help="samples (for strategies with `n`)")
     s.add_argument("--temperature", type=float)
     s.add_argument("--max-tokens", type=int)
+    s.add_argument("--verifier", help="verifier name (for strategies with `verifier`)")
     s.add_argument("--backend", help="backend name from the backends file")
     s.add_argument("--model", help="override the backend's model")
     s.add_argument(
