@@ -124,6 +124,19 @@ class BudgetMeter:
         self._inflight += 1
         return adm
 
+    def admit_call(self) -> Admission:
+        """Admit a call that samples no tokens (e.g. a reward-model request), or raise.
+
+        Only the deadline and the calls limit apply; settle or release it like ``admit``'s.
+        """
+        b = self.budget
+        if b.max_seconds is not None and self.seconds_left() == 0.0:
+            raise self.refuse("seconds", f"limit {b.max_seconds}s")
+        if b.max_calls is not None and self.usage.calls + self._inflight >= b.max_calls:
+            raise self.refuse("calls", f"limit {b.max_calls}")
+        self._inflight += 1
+        return Admission(0, 0, 0, 0, 0.0, False)
+
     def release(self, adm: Admission) -> None:
         """Drop a reservation of a call that spent nothing (failed or cancelled)."""
         self._reserved_tokens -= adm.reserved_tokens

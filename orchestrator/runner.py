@@ -90,6 +90,20 @@ class Orchestrator:
         if isinstance(problem, str):
             problem = Problem(question=problem)
         strat = build_strategy(strategy)
+        try:
+            return await self._run(problem, strat, budget, backend, seed)
+        finally:
+            if strat is not strategy:  # built here from a spec: release its verifiers' resources
+                await strat.aclose()
+
+    async def _run(
+        self,
+        problem: Problem,
+        strat: Strategy,
+        budget: Budget | None,
+        backend: str | None,
+        seed: int | None,
+    ) -> Result:
         default = backend or self.default_backend
         strat.check(lambda name: self.resolve(name or default))
         meter = BudgetMeter(budget)

@@ -90,6 +90,17 @@ class Strategy(abc.ABC):
         """Child strategies (composites override)."""
         return []
 
+    def verifiers(self) -> list[Any]:
+        """The verifiers this node owns (strategies with a verifier override)."""
+        return []
+
+    async def aclose(self) -> None:
+        """Close this node's verifiers and its children (idempotent if theirs are)."""
+        for verifier in self.verifiers():
+            await verifier.aclose()
+        for child in self.children():
+            await child.aclose()
+
     def needs(self) -> Capabilities:
         """Capabilities this node needs from its own backend (may depend on the config)."""
         return self.requires

@@ -6,6 +6,8 @@ With ``inner``, the N candidates are the chosen candidates of N runs of a child 
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field
 
 from orchestrator.backends.base import Capabilities
@@ -34,6 +36,9 @@ class BestOfN(NSamplesStrategy):
 
     def needs(self) -> Capabilities:
         return self.requires if self.inner is not None else self.verifier.needs
+
+    def verifiers(self) -> list[Any]:
+        return [self.verifier]
 
     def wants_logprobs(self) -> bool:
         return self.verifier.needs.logprobs

@@ -8,6 +8,8 @@ With ``inner``, the N votes are the answers of N runs of a child strategy.
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field
 
 from orchestrator.backends.base import Capabilities
@@ -42,6 +44,9 @@ class SelfConsistency(NSamplesStrategy):
         if self.verifier is None or self.inner is not None:
             return self.requires
         return self.verifier.needs
+
+    def verifiers(self) -> list[Any]:
+        return [self.verifier] if self.verifier is not None else []
 
     def wants_logprobs(self) -> bool:
         return self.verifier is not None and self.verifier.needs.logprobs

@@ -67,6 +67,10 @@ class Verifier(abc.ABC):
             span.set(scores=[round(s.value, 4) for s in scores])
         return scores
 
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release resources (e.g. HTTP clients). Called once by whoever built the verifier's
+        strategy tree (``Orchestrator.run`` for specs it builds). Default: nothing."""
+
     def describe(self) -> dict[str, Any]:
         """The config as a spec dict (``{"verifier": name, ...}``)."""
         return {"verifier": self.name, **self.config.model_dump(exclude_defaults=True)}

@@ -12,10 +12,12 @@ from orchestrator.backends.base import Capabilities, GenerationRequest, Pricing
 from orchestrator.budget import Budget
 from orchestrator.context import RunContext
 from orchestrator.errors import CapabilityError, ConfigError, RegistryError
+from orchestrator.registry import verifiers as verifiers_registry
 from orchestrator.runner import Orchestrator
 from orchestrator.testing import FakeBackend
-from orchestrator.types import Problem, Result
+from orchestrator.types import Candidate, Problem, Result, Score
 from strategies import Strategy, build_strategy
+from verifiers import Verifier
 
 QUESTION = "What is 6*7?"
 NESTED = {
@@ -442,3 +444,41 @@ async def test_run_accepts_a_raw_prompt_strategy() -> None:
     assert result.answer == "12" and result.strategy == "_test_raw"
     assert backend.requests[0].messages is None
     assert backend.requests[0].prompt == "Q: x\nA:"
+
+
+class _Closing(Verifier):
+    """Counts aclose() calls (class-level, since Orchestrator builds fresh instances)."""
+
+    closed = 0
+
+    async def score(self, problem: Problem, candidates: list[Candidate], ctx: Any) -> list[Score]:
+        return [Score(value=1.0, verifier=self.name) for _ in candidates]
+
+    async def aclose(self) -> None:
+        type(self).closed += 1
+
+
+if "_test_closing" not in verifiers_registry:
+    verifiers_registry.register("_test_closing")(_Closing)
+
+
+async def test_run_closes_the_verifiers_of_strategies_it_built() -> None:
+    _Closing.closed = 0
+    orch = Orchestrator([FakeBackend()])
+    await orch.run(QUESTION, {"strategy": "best_of_n", "n": 2, "verifier": "_test_closing"})
+    assert _Closing.closed == 1
+    nested = {
+        "strategy": "best_of_n",
+        "n": 2,
+        "verifier": "_test_closing",
+        "inner": {"strategy": "self_consistency", "n": 2, "verifier": "_test_closing"},
+    }
+    await orch.run(QUESTION, nested)
+    assert _Closing.closed == 3  # the parent's verifier and the child's
+
+
+async def test_run_leaves_a_caller_owned_strategy_open() -> None:
+    _Closing.closed = 0
+    strategy = build_strategy({"strategy": "best_of_n", "n": 2, "verifier": "_test_closing"})
+    await Orchestrator([FakeBackend()]).run(QUESTION, strategy)
+    assert _Closing.closed == 0

@@ -1,0 +1,522 @@
+"""Run untrusted Python in a subprocess sandbox: ``await run_sandboxed(code, limits=...)``.
+
+The program runs as ``python -I prog.py`` in a fresh ``tempfile.mkdtemp()`` directory (removed
+afterwards) with a minimal environment (PATH, LANG, HOME = TMPDIR = that directory). Between us
+and the program sits a *launcher* (this interpreter, ``-I -S``, built from the ``_l_*``
+functions below) in a new session. It is a child subreaper, so everything the program forks
+stays in its subtree; when the program ends, or we send SIGTERM (wall clock, output cap,
+cancellation), it SIGKILLs and reaps that subtree, then exits. We then sweep /proc for anything
+of the sandbox still alive, kill it, and report survivors as ``leftover_processes``.
+
+When we are root (the service's normal case):
+
+- **user**: a dedicated uid/gid ``UID_BASE + k`` per concurrent sandbox (an ``flock`` in
+  ``$TMPDIR/ttc-sandbox-uids`` keeps sandboxes of any process apart), no supplementary groups;
+  so ``RLIMIT_NPROC`` holds, per sandbox, and the sweep can kill "every process of that uid".
+- **rlimits** (per process, so memory can reach ``max_processes * memory_bytes``): CPU seconds
+  (SIGXCPU, SIGKILL a second later), address space, processes and threads, file size, 256 open
+  files, no core dumps.
+- **network**: a new network namespace with no interface up: every connection fails.
+- **filesystem**: a private mount namespace where every mount is read-only except the working
+  directory (a tmpfs of ``disk_bytes``) and a private ``/dev/shm``; ``/tmp``, ``/var/tmp``,
+  ``/run`` and the directory's parent are masked by empty tmpfs mounts, which also hides the
+  Unix sockets there (databases, agents).
+- **wall clock, output**: enforced here; stdout and stderr are each kept up to
+  ``output_bytes``, and the sandbox is stopped as soon as either overflows.
+
+Without root there is no uid switch and no mount namespace (no chroot or remount without
+privileges): the program runs as our user and can write wherever we can; ``RLIMIT_NPROC`` is our
+user's process count plus ``max_processes``; the network is isolated with
+``unshare(CLONE_NEWUSER | CLONE_NEWNET)`` where unprivileged user namespaces are allowed. The
+result says which protections were in place (``network_isolated``, ``filesystem_isolated``,
+``uid``). Never covered: reading world-readable files, seeing other processes in /proc.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import fcntl
+import functools
+import inspect
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import stat
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from typing import IO, Any, Literal, NoReturn
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from orchestrator.errors import TTCError
+
+MiB = 1 << 20
+#: The sandbox uids: ``UID_BASE + k`` for k in ``range(UID_COUNT)`` (no passwd entries needed).
+UID_BASE = 2_100_000
+UID_COUNT = 256
+_GRACE_SECONDS = 1.0  # how long the launcher gets to kill and reap its subtree
+KillReason = Literal["wall", "cpu", "output", "signal"]
+
+
+class SandboxError(TTCError):
+    """The sandbox itself could not run the program (not the program's fault)."""
+
+
+class SandboxLimits(BaseModel):
+    """Resource limits of one sandboxed program run."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    wall_seconds: float = Field(5.0, gt=0, le=600, description="wall-clock limit")
+    cpu_seconds: int = Field(5, ge=1, le=600, description="CPU time per process (RLIMIT_CPU)")
+    memory_bytes: int = Field(512 * MiB, ge=64 * MiB, description="address space (RLIMIT_AS)")
+    max_processes: int = Field(8, ge=1, le=256, description="processes+threads (RLIMIT_NPROC)")
+    file_size_bytes: int = Field(10 * MiB, ge=0, description="largest file (RLIMIT_FSIZE)")
+    disk_bytes: int = Field(64 * MiB, ge=MiB, description="tmpfs size of the working directory")
+    output_bytes: int = Field(64 * 1024, ge=1024, description="cap on stdout and on stderr")
+
+
+class SandboxResult(BaseModel):
+    """What happened to one sandboxed run (a failing or killed program is a normal result)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    exit_code: int | None = Field(description="-N for signal N; None: the sandbox stopped it")
+    timed_out: bool = Field(False, description="the wall-clock limit stopped it")
+    killed_reason: KillReason | None = Field(None, description="signal = e.g. hard CPU limit")
+    stdout: str = Field("", description="decoded, cut at output_bytes")
+    stderr: str = Field("", description="decoded, cut at output_bytes")
+    truncated: bool = Field(False, description="stdout or stderr was cut")
+    seconds: float = Field(0.0, description="wall time from start to the end of cleanup")
+    network_isolated: bool = False
+    filesystem_isolated: bool = False
+    uid: int | None = Field(None, description="the uid it ran as; None: ours (not root)")
+    pid: int = Field(0, description="the launcher's pid, also the sandbox's session id")
+    leftover_processes: int = Field(0, description="still alive after cleanup (expect 0)")
+
+    @property
+    def ok(self) -> bool:
+        """The program exited with status 0 on its own."""
+        return self.exit_code == 0 and self.killed_reason is None
+
+
+# --- the launcher: these functions run in a separate `python -I -S -c` process ----------------
+
+_CLONE_NEWNS, _CLONE_NEWUSER, _CLONE_NEWNET = 0x00020000, 0x10000000, 0x40000000
+_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_REMOUNT, _MS_BIND, _MS_REC, _MS_PRIVATE = (
+    1, 2, 4, 32, 4096, 16384, 1 << 18,
+)  # fmt: skip
+_MS_KEEP = ((b"nosuid", 2), (b"nodev", 4), (b"noexec", 8), (b"noatime", 1024))
+_PR_SET_PDEATHSIG, _PR_SET_CHILD_SUBREAPER = 1, 36
+
+
+def _l_children() -> list[int]:
+    """The launcher's direct children (it is single-threaded, so its main task's list)."""
+    me = os.getpid()
+    with open(f"/proc/{me}/task/{me}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+def _l_kill_tree() -> None:
+    """SIGKILL and reap every descendant; orphans re-parent to us (subreaper), so repeat."""
+    while True:
+        for pid in _l_children():
+            for kill in (os.killpg, os.kill):  # the program leads its own process group
+                with contextlib.suppress(OSError):
+                    kill(pid, signal.SIGKILL)
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
+
+
+def _l_isolate_fs(libc: ctypes.CDLL, cfg: dict[str, Any]) -> bool:
+    """Private mounts: tmpfs masks and working directory, all else read-only; False on failure."""
+    work, disk, uid = cfg["workdir"], cfg["disk"], cfg["uid"]
+    with open("prog.py", "rb") as f:
+        code = f.read()
+    if libc.unshare(_CLONE_NEWNS) or libc.mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None):
+        return False
+    tmpfs = _MS_NOSUID | _MS_NODEV
+    for mask in {"/tmp", "/var/tmp", "/run", os.path.dirname(work)} - {"/"}:
+        if os.path.isdir(mask) and not os.path.islink(mask):
+            libc.mount(b"tmpfs", mask.encode(), b"tmpfs", tmpfs, b"size=1m,mode=0755")
+    os.makedirs(work, exist_ok=True)
+    opts = f"size={disk},mode=0700,uid={uid},gid={uid}".encode()
+    if libc.mount(b"tmpfs", work.encode(), b"tmpfs", tmpfs, opts):
+        return False
+    os.chdir(work)
+    with open("prog.py", "wb") as f:
+        f.write(code)
+    ok = True
+    with open("/proc/self/mountinfo", "rb") as f:
+        mounts = [line.split() for line in f.read().splitlines()]
+    for m in mounts:
+        target = re.sub(rb"\\([0-7]{3})", lambda g: bytes([int(g[1], 8)]), m[4])
+        opts_ = m[5].split(b",")
+        if target != work.encode() and b"ro" not in opts_:
+            keep = sum(flag for name, flag in _MS_KEEP if name in opts_)
+            flags = _MS_REMOUNT | _MS_BIND | _MS_RDONLY | keep
+            ok = libc.mount(None, target, None, flags, None) == 0 and ok
+    shm = f"size={disk},mode=1777".encode()
+    return libc.mount(b"tmpfs", b"/dev/shm", b"tmpfs", tmpfs, shm) == 0 and ok
+
+
+def _l_exec(cfg: dict[str, Any]) -> NoReturn:
+    """In the forked child: limits, then drop privileges, then exec the program."""
+    try:
+        os.setpgid(0, 0)
+        for name, soft, hard in cfg["rlimits"]:
+            resource.setrlimit(getattr(resource, name), (soft, hard))
+        if cfg["uid"] is not None:
+            os.setgroups([])
+            os.setgid(cfg["uid"])
+            os.setuid(cfg["uid"])
+        os.umask(0o077)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.execve(cfg["python"], [cfg["python"], "-I", "prog.py"], cfg["env"])
+    except BaseException as exc:
+        os.write(cfg["status_fd"], (json.dumps({"setup_error": repr(exc)}) + "\n").encode())
+    os._exit(126)
+
+
+def _l_run(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Isolate, start the program, reap orphans until it ends; its exit status."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)  # the service died: clean up
+    libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    if os.getppid() != cfg["parent"] or os.read(cfg["go_fd"], 1) != b"1":
+        return {"stopped": True}
+    root = cfg["uid"] is not None
+    net = libc.unshare(_CLONE_NEWNET if root else _CLONE_NEWNET | _CLONE_NEWUSER) == 0
+    fs = root and _l_isolate_fs(libc, cfg)
+    os.write(cfg["status_fd"], (json.dumps({"net": net, "fs": fs}) + "\n").encode())
+    child = os.fork()
+    if child == 0:
+        _l_exec(cfg)
+    while True:
+        pid, status = os.waitpid(-1, 0)
+        if pid == child:
+            return {"exit": os.waitstatus_to_exitcode(status)}
+
+
+def _launcher_main() -> None:
+    """The launcher's entry point: SIGTERM (from the parent) means stop everything now."""
+    cfg = json.loads(sys.argv[1])
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    for fd in (cfg["status_fd"], cfg["go_fd"]):
+        os.set_inheritable(fd, False)
+    outcome: dict[str, Any] = {"stopped": True}
+    try:
+        outcome = _l_run(cfg)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _l_kill_tree()
+    os.write(cfg["status_fd"], (json.dumps(outcome) + "\n").encode())
+
+
+@functools.cache
+def _launcher_source() -> str:
+    """The launcher program: the ``_l_*`` functions above, their constants and a call."""
+    head = "from __future__ import annotations\n"
+    head += "import contextlib, ctypes, json, os, re, resource, signal, sys\n"
+    head += "from typing import Any, NoReturn\n"
+    consts = [n for n in globals() if n.startswith(("_CLONE_", "_MS_", "_PR_"))]
+    head += "".join(f"{name} = {globals()[name]!r}\n" for name in consts)
+    funcs = (_l_children, _l_kill_tree, _l_isolate_fs, _l_exec, _l_run, _launcher_main)
+    return head + "\n".join(inspect.getsource(f) for f in funcs) + "\n_launcher_main()\n"
+
+
+# --- the parent side --------------------------------------------------------------------------
+
+
+def _usable_by_anyone(path: str) -> bool:
+    """Whether a uid that owns nothing may execute ``path`` (every directory searchable)."""
+    dirs = [os.path.realpath(path)]
+    while dirs[-1] != "/":
+        dirs.append(os.path.dirname(dirs[-1]))
+    try:
+        other_rx = stat.S_IROTH | stat.S_IXOTH
+        return os.stat(dirs[0]).st_mode & other_rx == other_rx and all(
+            os.stat(d).st_mode & stat.S_IXOTH for d in dirs[1:]
+        )
+    except OSError:
+        return False
+
+
+@functools.cache
+def sandbox_python(privileged: bool) -> str:
+    """The interpreter that runs the program: ``$TTC_SANDBOX_PYTHON``, else this one, else a
+    system ``python3`` when the sandbox uid (privileged mode) cannot execute this one."""
+    override = os.environ.get("TTC_SANDBOX_PYTHON")
+    if override or not privileged:
+        return override or sys.executable
+    v = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    path = "/usr/local/bin:/usr/bin:/bin"
+    for found in (sys.executable, shutil.which(v, path=path), shutil.which("python3", path=path)):
+        if found and _usable_by_anyone(found):
+            return found
+    raise SandboxError(
+        f"no Python interpreter usable by an unprivileged uid ({sys.executable} is not): "
+        "install a system python3 or set TTC_SANDBOX_PYTHON"
+    )
+
+
+def _proc_status(pid: str) -> dict[str, str]:
+    """``/proc/<pid>/status`` as a dict (empty when the process is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return dict(line.split(":\t", 1) for line in f if ":\t" in line)
+    except OSError:
+        return {}
+
+
+def sandbox_processes(uid: int | None, sid: int) -> list[int]:
+    """Live (non-zombie) processes of a sandbox: those of ``uid``, else of session ``sid``."""
+    found = []
+    for name in filter(str.isdigit, os.listdir("/proc")):
+        st = _proc_status(name)
+        if not st or st.get("State", "Z").startswith("Z"):
+            continue
+        key, want = ("Uid", uid) if uid is not None else ("NSsid", sid)
+        if int(st.get(key, "-1").split()[0]) == want:
+            found.append(int(name))
+    return found
+
+
+def _sweep(uid: int | None, sid: int, deadline: float = _GRACE_SECONDS) -> int:
+    """SIGKILL the sandbox's processes until none is left; how many survived ``deadline``."""
+    give_up = time.monotonic() + deadline
+    while (pids := sandbox_processes(uid, sid)) and time.monotonic() < give_up:
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.005)
+    return len(pids)
+
+
+@contextlib.asynccontextmanager
+async def _uid_slot(privileged: bool) -> AsyncIterator[int | None]:
+    """An exclusive sandbox uid (None when not root), held by an flock for the block."""
+    if not privileged:
+        yield None
+        return
+    lock_dir = os.path.join(tempfile.gettempdir(), "ttc-sandbox-uids")
+    os.makedirs(lock_dir, mode=0o700, exist_ok=True)
+    start = os.getpid() % UID_COUNT
+    while True:
+        for k in range(UID_COUNT):
+            uid = UID_BASE + (start + k) % UID_COUNT
+            fd = os.open(os.path.join(lock_dir, str(uid)), os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            if not sandbox_processes(uid, 0):
+                try:
+                    yield uid
+                finally:
+                    os.close(fd)
+                return
+            os.close(fd)  # someone else's processes (or zombies) use it: skip
+        await asyncio.sleep(0.05)
+
+
+def _rlimits(limits: SandboxLimits, uid: int | None) -> list[tuple[str, int, int]]:
+    """The child's rlimits; without root, NPROC counts the user's other processes too."""
+    nproc = limits.max_processes
+    if uid is None:
+        nproc += len(sandbox_processes(os.getuid(), 0))
+    wanted = [
+        ("RLIMIT_CORE", 0, 0),
+        ("RLIMIT_CPU", limits.cpu_seconds, limits.cpu_seconds + 1),
+        ("RLIMIT_AS", limits.memory_bytes, limits.memory_bytes),
+        ("RLIMIT_NPROC", nproc, nproc),
+        ("RLIMIT_FSIZE", limits.file_size_bytes, limits.file_size_bytes),
+        ("RLIMIT_NOFILE", 256, 256),
+    ]
+    out = []
+    for name, soft, hard in wanted:  # never above our own hard limit
+        cap = resource.getrlimit(getattr(resource, name))[1]
+        hard = hard if cap == resource.RLIM_INFINITY else min(hard, cap)
+        out.append((name, min(soft, hard), hard))
+    return out
+
+
+class _Run:
+    """One sandboxed execution: spawn the launcher, watch it, stop it, sweep (per-call state)."""
+
+    def __init__(self, limits: SandboxLimits, uid: int | None, workdir: str) -> None:
+        self.limits, self.uid, self.workdir = limits, uid, workdir
+        self.reason: KillReason | None = None
+        self.out, self.err = bytearray(), bytearray()
+        self.truncated = False
+        self.leftover = 0
+
+    async def execute(self, stdin: IO[bytes]) -> SandboxResult:
+        """Run the program in ``workdir``; raises SandboxError when it could not be started."""
+        t0 = time.perf_counter()
+        status_r, status_w = os.pipe()
+        go_r, go_w = os.pipe()
+        try:
+            try:
+                proc = await self._spawn(stdin, status_w, go_r)
+            finally:
+                os.close(status_w)
+                os.close(go_r)
+            os.write(go_w, b"1")  # only now may the launcher start the program
+        finally:
+            os.close(go_w)
+        try:
+            await self._watch(proc)
+            report = _read_reports(status_r)
+        finally:
+            os.close(status_r)
+        if "setup_error" in report:
+            raise SandboxError(f"the sandbox could not start the program: {report['setup_error']}")
+        return self._result(report, proc.pid, time.perf_counter() - t0)
+
+    async def _spawn(self, stdin: IO[bytes], status_w: int, go_r: int) -> Any:
+        privileged = self.uid is not None
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+        env |= {"HOME": self.workdir, "TMPDIR": self.workdir}
+        cfg = {
+            "parent": os.getpid(), "uid": self.uid, "workdir": self.workdir, "env": env,
+            "python": sandbox_python(privileged), "status_fd": status_w, "go_fd": go_r,
+            "disk": self.limits.disk_bytes, "rlimits": _rlimits(self.limits, self.uid),
+        }  # fmt: skip
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-I", "-S", "-c", _launcher_source(), json.dumps(cfg),
+            stdin=stdin, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            cwd=self.workdir, env=env, start_new_session=True, pass_fds=(status_w, go_r),
+        )  # fmt: skip
+
+    async def _watch(self, proc: Any) -> None:
+        readers = [
+            asyncio.create_task(self._drain(proc.stdout, self.out, proc)),
+            asyncio.create_task(self._drain(proc.stderr, self.err, proc)),
+        ]
+        try:
+            async with asyncio.timeout(self.limits.wall_seconds):
+                await proc.wait()
+                await asyncio.wait(readers)
+        except TimeoutError:
+            self.reason = self.reason or "wall"
+        finally:
+            await self._stop(proc, readers)
+
+    async def _drain(self, stream: asyncio.StreamReader, buf: bytearray, proc: Any) -> None:
+        """Keep up to ``output_bytes``; on overflow stop the sandbox, then read on to EOF."""
+        while chunk := await stream.read(1 << 16):
+            room = self.limits.output_bytes - len(buf)
+            buf += chunk[: max(room, 0)]
+            if len(chunk) > room and not self.truncated:
+                self.truncated = True
+                self.reason = self.reason or "output"
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+
+    async def _stop(self, proc: Any, readers: list[asyncio.Task[None]]) -> None:
+        """SIGTERM the launcher (it kills its subtree), wait a little, then sweep by force."""
+        try:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(_GRACE_SECONDS):
+                        await proc.wait()
+            await asyncio.wait(readers, timeout=_GRACE_SECONDS)
+        finally:  # also when cancelled again while waiting
+            for task in readers:
+                task.cancel()
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+            if self.uid is not None or proc.returncode != 0:
+                self.leftover = _sweep(self.uid, proc.pid)
+
+    def _result(self, report: dict[str, Any], pid: int, seconds: float) -> SandboxResult:
+        code = report.get("exit")
+        reason = self.reason
+        if reason is None and code is None:  # the launcher died: as root, not the program's doing
+            if self.uid is not None:
+                tail = self.err[-500:].decode(errors="replace")
+                raise SandboxError(f"the sandbox launcher failed: {tail}")
+            reason = "signal"  # without root the program can kill its launcher
+        if reason is None and code is not None and code < 0:
+            reason = "cpu" if code == -signal.SIGXCPU else "signal"
+        return SandboxResult(
+            exit_code=None if self.reason else code,
+            timed_out=self.reason == "wall",
+            killed_reason=reason,
+            stdout=self.out.decode("utf-8", "replace"),
+            stderr=self.err.decode("utf-8", "replace"),
+            truncated=self.truncated,
+            seconds=seconds,
+            network_isolated=bool(report.get("net")),
+            filesystem_isolated=bool(report.get("fs")),
+            uid=self.uid,
+            pid=pid,
+            leftover_processes=self.leftover,
+        )
+
+
+def _read_reports(fd: int) -> dict[str, Any]:
+    """The launcher's JSON report lines, merged (it wrote them before exiting)."""
+    os.set_blocking(fd, False)
+    data = b""
+    with contextlib.suppress(BlockingIOError):
+        while chunk := os.read(fd, 4096):
+            data += chunk
+    report: dict[str, Any] = {}
+    for line in data.splitlines():
+        with contextlib.suppress(ValueError):
+            report |= json.loads(line)
+    return report
+
+
+async def run_sandboxed(
+    code: str, *, stdin: str = "", limits: SandboxLimits | None = None
+) -> SandboxResult:
+    """Run ``code`` as a Python program in the sandbox (see the module docstring).
+
+    Args:
+        code: the program's source, run as ``__main__``.
+        stdin: what the program reads on standard input.
+        limits: resource limits (default ``SandboxLimits()``).
+
+    Returns:
+        The outcome; a program that fails, crashes or is killed is a normal result. When this
+        returns, or raises (``CancelledError`` included), no process of the sandbox is left
+        (``leftover_processes`` reports a failure to ensure it) and its directory is gone.
+
+    Raises:
+        SandboxError: no usable interpreter, or the program could not be started.
+    """
+    limits = limits or SandboxLimits()
+    privileged = os.geteuid() == 0
+    sandbox_python(privileged)  # fail early, before taking a uid
+    async with _uid_slot(privileged) as uid:
+        workdir = os.path.realpath(tempfile.mkdtemp(prefix="ttc-sandbox-"))
+        try:
+            with open(os.path.join(workdir, "prog.py"), "w", encoding="utf-8") as f:
+                f.write(code)
+            if uid is not None:
+                os.chown(workdir, uid, uid)
+            with tempfile.TemporaryFile() as stdin_file:
+                stdin_file.write(stdin.encode("utf-8"))
+                stdin_file.seek(0)
+                return await _Run(limits, uid, workdir).execute(stdin_file)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
