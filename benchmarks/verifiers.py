@@ -39,8 +39,20 @@ VERIFIERS: dict[str, dict[str, Any]] = {
     "mean_logprob": {"verifier": "mean_logprob"},
     "self_eval": {"verifier": "self_eval"},
     "self_eval (capability)": {"verifier": "self_eval", "mode": "capability"},
-    "llm_judge (pointwise)": {"verifier": "llm_judge", "mode": "pointwise"},
-    "llm_judge (pairwise)": {"verifier": "llm_judge", "mode": "pairwise"},
+    # The policy model judges itself; "Score:" / "Verdict:" pre-fill the judge's reply (without
+    # it SmolLM2 answers the question instead of grading) and keep the judgements short.
+    "llm_judge (pointwise)": {
+        "verifier": "llm_judge",
+        "mode": "pointwise",
+        "reply_prefix": "Score:",
+        "max_tokens": 8,
+    },
+    "llm_judge (pairwise)": {
+        "verifier": "llm_judge",
+        "mode": "pairwise",
+        "reply_prefix": "Verdict:",
+        "max_tokens": 8,
+    },
     "format (integer answer)": {"verifier": "format", "regex": r"-?\d+"},
 }
 
