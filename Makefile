@@ -38,6 +38,7 @@ lint: setup
 
 bench: setup
 	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python -m benchmarks.verifiers
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -9,7 +9,8 @@ answer wins) from the SAME candidates. Reference rows:
 - ``majority_vote``: self-consistency;
 - ``oracle``: pass@N, whether any candidate is correct (the ceiling for any selector).
 
-Usage: ``python benchmarks/verifiers.py [--problems 100] [--n 8] [--max-tokens 96]``.
+Usage: ``python -m benchmarks.verifiers [--problems 100] [--n 8] [--max-tokens 96]`` (as a module:
+run as a script, this file would shadow the ``verifiers`` package).
 Prints a Markdown table and writes ``benchmarks/results/verifiers.json`` (or ``--out``).
 """
 
