@@ -119,6 +119,16 @@ class Strategy(abc.ABC):
                 f"which backend {backend.name!r} ({type(backend).__name__}) does not offer; "
                 "choose another backend with --backend or another strategy"
             )
+        for verifier in self.verifiers():
+            for name, needed in verifier.backend_needs():
+                judge = resolve(name)
+                lacking = judge.capabilities.missing(needed)
+                if lacking:
+                    raise CapabilityError(
+                        f"verifier {verifier.name!r} of strategy {self.name!r} needs backend "
+                        f"capabilities {', '.join(lacking)}, which backend {judge.name!r} "
+                        f"({type(judge).__name__}) does not offer; set the verifier's `backend`"
+                    )
         for child in self.children():
             child.check(resolve)
 

@@ -67,6 +67,12 @@ class Verifier(abc.ABC):
             span.set(scores=[round(s.value, 4) for s in scores])
         return scores
 
+    def backend_needs(self) -> list[tuple[str | None, Capabilities]]:
+        """What the backends this verifier itself calls must offer: ``(backend name, needs)``
+        pairs, None naming the run's default. ``Strategy.check`` verifies them before the run's
+        first call. Default: none (the verifier calls no model)."""
+        return []
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release resources (e.g. HTTP clients). Called once by whoever built the verifier's
         strategy tree (``Orchestrator.run`` for specs it builds). Default: nothing."""

@@ -101,6 +101,10 @@ class Combinator(Verifier):
         self.needs = merge_needs(c.needs for c in children)  # type: ignore[misc]
         return children
 
+    def backend_needs(self) -> list[tuple[str | None, Capabilities]]:
+        """Every child's."""
+        return [need for child in self.children for need in child.backend_needs()]
+
     async def aclose(self) -> None:
         """Close every child."""
         for child in self.children:

@@ -140,6 +140,11 @@ class SelfEval(Verifier):
             ]
         return [t.result() for t in tasks]
 
+    def backend_needs(self) -> list[tuple[str | None, Capabilities]]:
+        """The probe backend needs logprobs with ``top_logprobs`` alternatives."""
+        needed = Capabilities(logprobs=True, top_logprobs=self.config.top_logprobs)
+        return [(self.config.backend, needed)]
+
     def _check_backend(self, ctx: RunContext) -> bool:
         """Raise CapabilityError unless the probe backend fits; True when it can continue."""
         backend = ctx.backend(self.config.backend)

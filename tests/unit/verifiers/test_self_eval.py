@@ -298,3 +298,28 @@ def test_registered_and_described() -> None:
     assert isinstance(v, SelfEval)
     assert v.describe() == {"verifier": "self_eval", "mode": "capability"}
     assert v.config.probe_question == DEFAULT_QUESTIONS["capability"]
+
+
+async def test_orchestrator_refuses_a_probe_backend_without_logprobs_before_any_call() -> None:
+    policy = FakeBackend(name="policy")
+    judge = FakeBackend(name="judge", capabilities=Capabilities())
+    orch = Orchestrator([policy, judge], default_backend="policy")
+    spec = {
+        "strategy": "best_of_n",
+        "n": 2,
+        "verifier": {"verifier": "self_eval", "backend": "judge"},
+    }
+    with pytest.raises(CapabilityError, match=r"self_eval.*logprobs.*judge"):
+        await orch.run("What is 2 + 2?", spec)
+    assert policy.calls == 0 and judge.calls == 0
+
+
+async def test_combinator_children_backend_needs_are_checked_too() -> None:
+    policy = FakeBackend(name="policy")
+    judge = FakeBackend(name="judge", capabilities=Capabilities())
+    orch = Orchestrator([policy, judge], default_backend="policy")
+    inner = [{"verifier": "majority_vote"}, {"verifier": "self_eval", "backend": "judge"}]
+    spec = {"strategy": "best_of_n", "n": 2, "verifier": {"verifier": "all_of", "verifiers": inner}}
+    with pytest.raises(CapabilityError, match="logprobs"):
+        await orch.run("What is 2 + 2?", spec)
+    assert policy.calls == 0
