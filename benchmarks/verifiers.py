@@ -109,7 +109,16 @@ async def main(args: argparse.Namespace) -> None:
         for p, cands in zip(problems, samples, strict=True)
     ]
     k = len(problems)
-    rows: list[dict[str, Any]] = [
+    rows: list[dict[str, Any]] = []
+    out = {
+        "problems": k,
+        "n": args.n,
+        "max_tokens": args.max_tokens,
+        "sampling_seconds": round(sampling_seconds, 1),
+        "mean_correct_samples": sum(correct) / k,
+        "rows": rows,
+    }
+    rows += [
         {"selector": "random (expected)", "accuracy": sum(c / args.n for c in correct) / k},
         {"selector": f"oracle (pass@{args.n})", "accuracy": sum(c > 0 for c in correct) / k},
     ]
@@ -128,24 +137,24 @@ async def main(args: argparse.Namespace) -> None:
             }
         )
         print(f"  {label}: {rows[-1]['accuracy']:.3f}", flush=True)
+        save(args.out, out)  # after every row: an interrupted run keeps what it measured
     await backend.aclose()
-    out = {
-        "problems": len(problems),
-        "n": args.n,
-        "max_tokens": args.max_tokens,
-        "sampling_seconds": round(sampling_seconds, 1),
-        "mean_correct_samples": sum(correct) / len(problems),
-        "rows": rows,
-    }
     print("\n| selector | accuracy | verifier calls / problem | verifier tokens / problem |")
     print("| --- | --- | --- | --- |")
     for r in rows:
         calls = r.get("verifier_calls_per_problem", "")
         toks = r.get("verifier_tokens_per_problem", "")
         print(f"| {r['selector']} | {r['accuracy']:.2f} | {calls} | {toks} |")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
+    save(args.out, out)
     print(f"wrote {args.out}")
+
+
+def save(path: Path, out: dict[str, Any]) -> None:
+    """Write the results JSON (atomically: a temporary file, then a rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(out, indent=2) + "\n")
+    tmp.replace(path)
 
 
 if __name__ == "__main__":
