@@ -60,9 +60,27 @@ async def score(
     return await build_verifier(options)(problem, cands, make_ctx(problem))
 
 
+_TEST_STARTED = [0.0]
+
+
+@pytest.fixture(autouse=True)
+def _mark_test_start() -> None:
+    """Remember when the test began: descendants older than that (e.g. vLLM servers kept by
+    session fixtures of other test modules) are not this test's sandboxes."""
+    _TEST_STARTED[0] = time.time()
+
+
+def _started_during_test(p: psutil.Process) -> bool:
+    try:
+        return p.create_time() >= _TEST_STARTED[0] - 0.05
+    except psutil.Error:  # gone (or a zombie psutil cannot read): count it, to be safe
+        return True
+
+
 def leftovers(uids: Iterable[int] = ()) -> list[psutil.Process]:
-    """Our descendants, and every process (zombies too) of the given sandbox uids."""
-    found = psutil.Process().children(recursive=True)
+    """Our descendants started during this test, and every process (zombies too) of the given
+    sandbox uids."""
+    found = [p for p in psutil.Process().children(recursive=True) if _started_during_test(p)]
     wanted = set(uids)
     for p in psutil.process_iter(["uids"]):
         if p.info["uids"] is not None and p.info["uids"].real in wanted:
