@@ -180,15 +180,19 @@ class AllOfConfig(ChildrenConfig):
     )
 
 
-@verifiers.register("all_of")
-class AllOf(Combinator):
-    """Minimum of the children's scores, or 0/1 against ``threshold``."""
-
-    Config = AllOfConfig
+class ListCombinator(Combinator):
+    """A combinator whose children are exactly ``config.verifiers``, in order."""
 
     def __init__(self, config: Any = None, **kwargs: Any) -> None:
         super().__init__(config, **kwargs)
         self.children = self._build_children(self.config.verifiers)
+
+
+@verifiers.register("all_of")
+class AllOf(ListCombinator):
+    """Minimum of the children's scores, or 0/1 against ``threshold``."""
+
+    Config = AllOfConfig
 
     async def score(
         self, problem: Problem, candidates: list[Candidate], ctx: RunContext
@@ -221,14 +225,10 @@ class FirstSuccessConfig(ChildrenConfig):
 
 
 @verifiers.register("first_success")
-class FirstSuccess(Combinator):
+class FirstSuccess(ListCombinator):
     """Ordered gates: later children rank only the candidates that succeeded at earlier ones."""
 
     Config = FirstSuccessConfig
-
-    def __init__(self, config: Any = None, **kwargs: Any) -> None:
-        super().__init__(config, **kwargs)
-        self.children = self._build_children(self.config.verifiers)
 
     async def score(
         self, problem: Problem, candidates: list[Candidate], ctx: RunContext
