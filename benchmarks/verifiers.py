@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import random
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from typing import Any
 from orchestrator.answers import answers_equivalent
 from orchestrator.budget import BudgetMeter
 from orchestrator.context import RunContext
+from orchestrator.datasets import synthetic_problems
 from orchestrator.runner import Orchestrator
 from orchestrator.trace import Trace
 from orchestrator.types import Candidate, Problem
@@ -59,13 +59,13 @@ VERIFIERS: dict[str, dict[str, Any]] = {
 
 
 def addition_problems(k: int, seed: int = 0) -> list[Problem]:
-    """``k`` two-digit addition problems with reference answers, deterministic by seed."""
-    rng = random.Random(seed)
-    out = []
-    for i in range(k):
-        a, b = rng.randint(10, 99), rng.randint(10, 99)
-        out.append(Problem(question=f"What is {a} + {b}?", reference=str(a + b), id=f"add-{i}"))
-    return out
+    """``k`` two-digit addition problems ("What is A + B?"), deterministic by seed.
+
+    ``builtin:addition`` of ``orchestrator.datasets``, with the answers extracted as ``auto``
+    (the generator's default is ``number``), as in the published results.
+    """
+    problems = synthetic_problems(n=k, ops=1, digits=2, operators="+", style="plain", seed=seed)
+    return [p.model_copy(update={"answer_format": "auto"}) for p in problems]
 
 
 async def sample_all(

@@ -16,13 +16,16 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.budget import Budget
 from orchestrator.config import load_backends, load_yaml
 from orchestrator.errors import BackendError, CapabilityError, ConfigError, RegistryError
 from orchestrator.registry import strategies, verifiers
 from orchestrator.types import Problem, Result
+
+if TYPE_CHECKING:
+    from orchestrator.store.cache import CompletionCache
 
 STRATEGY_DIR = Path("configs/strategies")
 
@@ -31,28 +34,40 @@ def _err(msg: str) -> None:
     print(f"ttc: error: {msg}", file=sys.stderr)
 
 
+def named_spec(name: str) -> dict[str, Any]:
+    """The spec of a registered strategy name or of ``configs/strategies/NAME.yaml``."""
+    if name in strategies:
+        return {"strategy": name}
+    if (STRATEGY_DIR / f"{name}.yaml").is_file():
+        data = load_yaml(STRATEGY_DIR / f"{name}.yaml")
+        if not isinstance(data, dict):
+            raise ConfigError(f"{STRATEGY_DIR / f'{name}.yaml'}: expected a mapping")
+        return dict(data)
+    named = sorted(p.stem for p in STRATEGY_DIR.glob("*.yaml"))
+    raise RegistryError(
+        f"unknown strategy {name!r}; registered: {', '.join(strategies.names())}"
+        + (f"; named configs in {STRATEGY_DIR}: {', '.join(named)}" if named else "")
+    )
+
+
+def apply_overrides(spec: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """``spec`` with the --n/--temperature/--max-tokens/--verifier flags that were given."""
+    spec = dict(spec)
+    for field in ("n", "temperature", "max_tokens", "verifier"):
+        value = getattr(args, field, None)
+        if value is not None:
+            spec[field] = value
+    return spec
+
+
 def strategy_spec(args: argparse.Namespace) -> dict[str, Any]:
     """The strategy spec from --strategy / --config plus the --n/--verifier/... overrides."""
     if args.config:
         data = load_yaml(args.config)
         if not isinstance(data, dict):
             raise ConfigError(f"{args.config}: expected a mapping with a 'strategy' field")
-        spec = dict(data)
-    elif args.strategy in strategies:
-        spec = {"strategy": args.strategy}
-    elif (STRATEGY_DIR / f"{args.strategy}.yaml").is_file():
-        spec = dict(load_yaml(STRATEGY_DIR / f"{args.strategy}.yaml"))
-    else:
-        named = sorted(p.stem for p in STRATEGY_DIR.glob("*.yaml"))
-        raise RegistryError(
-            f"unknown strategy {args.strategy!r}; registered: {', '.join(strategies.names())}"
-            + (f"; named configs in {STRATEGY_DIR}: {', '.join(named)}" if named else "")
-        )
-    for field in ("n", "temperature", "max_tokens", "verifier"):
-        value = getattr(args, field)
-        if value is not None:
-            spec[field] = value
-    return spec
+        return apply_overrides(data, args)
+    return apply_overrides(named_spec(args.strategy), args)
 
 
 def budget_from(args: argparse.Namespace) -> Budget | None:
@@ -71,7 +86,8 @@ def _status(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-async def _solve(args: argparse.Namespace) -> Result:
+def build_orchestrator(args: argparse.Namespace, cache: CompletionCache | None = None) -> Any:
+    """The Orchestrator over the backend chosen by --backends / --backend / --model."""
     from orchestrator.backends.kinds import create_backend
     from orchestrator.runner import Orchestrator
 
@@ -85,7 +101,11 @@ async def _solve(args: argparse.Namespace) -> Result:
         cfg.backends[name] = cfg.backends[name].model_copy(update={"model": args.model})
     if cfg.backends[name].kind == "embedded":
         cfg.backends[name].options.setdefault("progress", _status)
-    orch = Orchestrator({name: create_backend(name, cfg.backends[name])}, name)
+    return Orchestrator({name: create_backend(name, cfg.backends[name])}, name, cache=cache)
+
+
+async def _solve(args: argparse.Namespace) -> Result:
+    orch = build_orchestrator(args)
     problem = Problem(
         question=args.question,
         system_prompt=args.system,
@@ -94,7 +114,10 @@ async def _solve(args: argparse.Namespace) -> Result:
     )
     async with orch:
         await orch.start()
-        return await orch.run(problem, strategy_spec(args), budget_from(args), seed=args.seed)
+        result: Result = await orch.run(
+            problem, strategy_spec(args), budget_from(args), seed=args.seed
+        )
+        return result
 
 
 def result_json(result: Result, with_logprobs: bool = False) -> dict[str, Any]:
@@ -194,6 +217,24 @@ def cmd_model_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_run_args(s: argparse.ArgumentParser) -> None:
+    """The options ``solve`` and ``eval`` share: overrides, backend, budget, prompt, seed."""
+    s.add_argument("--n", type=int, help="samples (for strategies with `n`)")
+    s.add_argument("--temperature", type=float)
+    s.add_argument("--max-tokens", type=int)
+    s.add_argument("--verifier", help="verifier name (for strategies with `verifier`)")
+    s.add_argument("--backend", help="backend name from the backends file")
+    s.add_argument("--model", help="override the backend's model")
+    s.add_argument(
+        "--backends", help="backends file (default: $TTC_BACKENDS_FILE or configs/backends.yaml)"
+    )
+    s.add_argument("--budget-tokens", type=int, help="max completion tokens per run")
+    s.add_argument("--budget-calls", type=int, help="max backend calls per run")
+    s.add_argument("--budget-usd", type=float, help="max dollars per run")
+    s.add_argument("--budget-seconds", type=float, help="max seconds per run")
+    s.add_argument("--system", help="system prompt")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ttc", description="Test-time compute for LLM reasoning.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -204,26 +245,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--strategy", default="single", help="registered name or configs/strategies/NAME.yaml"
     )
     g.add_argument("--config", help="a strategy spec YAML file")
-    s.add_argument("--n", type=int, help="samples (for strategies with `n`)")
-    s.add_argument("--temperature", type=float)
-    s.add_argument("--max-tokens", type=int)
-    s.add_argument("--verifier", help="verifier name (for strategies with `verifier`)")
-    s.add_argument("--backend", help="backend name from the backends file")
-    s.add_argument("--model", help="override the backend's model")
-    s.add_argument(
-        "--backends", help="backends file (default: $TTC_BACKENDS_FILE or configs/backends.yaml)"
-    )
-    s.add_argument("--budget-tokens", type=int, help="max completion tokens for the run")
-    s.add_argument("--budget-calls", type=int)
-    s.add_argument("--budget-usd", type=float)
-    s.add_argument("--budget-seconds", type=float)
-    s.add_argument("--system", help="system prompt")
+    add_run_args(s)
     s.add_argument("--reference", help="reference answer (enables pass@k reporting)")
     s.add_argument("--format", default="auto", help="answer format: auto, boxed, gsm8k, ...")
     s.add_argument("--seed", type=int)
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.add_argument("--trace", action="store_true", help="print the trace tree")
     s.add_argument("--logprobs", action="store_true", help="keep token logprobs in --json output")
+    from orchestrator.evaluation.cli import add_eval_parser
+
+    add_eval_parser(sub)
     sub.add_parser("strategies", help="list registered strategies")
     sub.add_parser("verifiers", help="list registered verifiers")
     b = sub.add_parser("backends", help="list configured backends (* = default)")
@@ -243,6 +274,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "solve":
             return cmd_solve(args)
+        if args.command == "eval":
+            from orchestrator.evaluation.cli import cmd_eval
+
+            return cmd_eval(args)
         if args.command in ("strategies", "verifiers"):
             return cmd_list(args.command)
         if args.command == "backends":

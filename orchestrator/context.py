@@ -5,21 +5,36 @@ It holds the problem, the backends, the run's BudgetMeter and Trace, and a seede
 the call (which may narrow ``n`` or ``max_tokens`` to fit), records a ``backend`` span with
 tokens, latency and cost, settles the meter with what was really spent, and extracts each
 candidate's final answer in the problem's answer format.
+
+With a completion cache (``orchestrator.store.CompletionCache``), each sample of a request gets
+an index: the k-th sample this run asks for with the same model, prompt and sampling
+parameters. Indices found in the cache are served from it; only the missing ones go to the
+backend, and fresh samples are stored under their indices. So a re-run reuses its samples, and
+two strategies that ask for the same samples share them. Cached samples are charged to the
+budget like fresh ones (a strategy behaves the same with or without the cache); usage reports
+them separately in ``cached_tokens``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from orchestrator.answers import extract_answer
-from orchestrator.backends.base import Backend, GenerationRequest
+from orchestrator.backends.base import Backend, Generation, GenerationRequest
 from orchestrator.budget import BudgetMeter
 from orchestrator.errors import RegistryError
 from orchestrator.trace import Trace
 from orchestrator.types import Candidate, Problem, Usage
+
+if TYPE_CHECKING:
+    from orchestrator.store.cache import CompletionCache
+
+log = logging.getLogger(__name__)
 
 
 def estimate_prompt_tokens(request: GenerationRequest) -> int:
@@ -40,6 +55,7 @@ class RunContext:
         trace: the run's Trace.
         rng: a seeded ``random.Random`` for strategies that make random choices.
         seen: every candidate any backend call of this run returned (best-so-far fallback).
+        cache: the completion cache, or None.
     """
 
     def __init__(
@@ -50,6 +66,7 @@ class RunContext:
         meter: BudgetMeter,
         trace: Trace,
         seed: int | None = None,
+        cache: CompletionCache | None = None,
     ) -> None:
         self.problem = problem
         self.backends = backends
@@ -59,6 +76,8 @@ class RunContext:
         self.seed = seed
         self.rng = random.Random(seed)
         self.seen: list[Candidate] = []
+        self.cache = cache
+        self._sample_offsets: dict[str, int] = {}
 
     def backend(self, name: str | None = None) -> Backend:
         """The backend called ``name``, or the run's default backend."""
@@ -95,7 +114,7 @@ class RunContext:
             t0 = time.perf_counter()
             try:
                 async with asyncio.timeout(self.meter.seconds_left()) as deadline:
-                    gen = await b.generate(request)
+                    gen = await self._fetch(b, request)
             except TimeoutError:
                 self.meter.release(adm)
                 if not deadline.expired():  # the backend's own timeout, not the run's deadline
@@ -110,7 +129,7 @@ class RunContext:
                 adm,
                 Usage(
                     prompt_tokens=gen.prompt_tokens,
-                    completion_tokens=gen.completion_tokens - cached,
+                    completion_tokens=gen.completion_tokens,
                     calls=gen.calls,
                     cost_usd=cost,
                     seconds=time.perf_counter() - t0,
@@ -118,9 +137,11 @@ class RunContext:
                 ),
             )
             span.prompt_tokens = gen.prompt_tokens
-            span.completion_tokens = gen.completion_tokens - cached
+            span.completion_tokens = gen.completion_tokens
             span.cost_usd = cost
             span.set(calls=gen.calls, returned=len(gen.candidates))
+            if cached:
+                span.set(cached_tokens=cached)
             if adm.max_tokens < wanted_tokens and any(
                 c.finish_reason == "length" for c in gen.candidates
             ):  # a sample was cut short by the budget itself
@@ -132,3 +153,51 @@ class RunContext:
             cands = [c.model_copy(update={"answer": extract_answer(c.text, fmt)}) for c in cands]
         self.seen.extend(cands)
         return cands
+
+    async def _fetch(self, b: Backend, request: GenerationRequest) -> Generation:
+        """``b.generate(request)``, through the completion cache when there is one.
+
+        A fully cached request counts as one call with the prompt tokens of the call that
+        produced it, so usage and budget do not depend on whether the cache was warm. A cache
+        that cannot be read or written is logged and bypassed, never fatal to the run.
+        """
+        cache = self.cache
+        if cache is None:
+            return await b.generate(request)
+        from orchestrator.store.cache import CachedSample, cache_key
+
+        key = cache_key(b.model, request)
+        start = self._sample_offsets.get(key, 0)
+        self._sample_offsets[key] = start + request.n
+        indices = list(range(start, start + request.n))
+        try:
+            hits = await cache.get_many(key, indices)
+        except Exception as exc:  # a broken cache must not fail the run
+            log.warning("completion cache read failed (%s); calling the backend", exc)
+            hits = {}
+        missing = [i for i in indices if i not in hits]
+        fresh = Generation(candidates=[], calls=0)
+        if missing:
+            fresh = await b.generate(request.model_copy(update={"n": len(missing)}))
+            new = {
+                i: CachedSample(candidate=c, prompt_tokens=fresh.prompt_tokens)
+                for i, c in zip(missing, fresh.candidates, strict=False)
+                if not c.failed
+            }
+            try:
+                await cache.put_many(key, b.model, new)
+            except Exception as exc:
+                log.warning("completion cache write failed (%s); results not cached", exc)
+        if not hits:
+            return fresh
+        got = iter(fresh.candidates)
+        cands = [hits[i].candidate if i in hits else next(got, None) for i in indices]
+        return Generation(
+            candidates=[c for c in cands if c is not None],
+            prompt_tokens=fresh.prompt_tokens if missing else max(
+                h.prompt_tokens for h in hits.values()
+            ),
+            completion_tokens=fresh.completion_tokens
+            + sum(h.candidate.tokens for h in hits.values()),
+            calls=fresh.calls if missing else 1,
+        )

@@ -4,9 +4,11 @@
 
     TTCError
     ├── ConfigError            bad configuration: names the source, the field, the value, the fix
+    │   └── DatasetError       a dataset cannot be loaded, generated or split (file, line, field)
     ├── RegistryError          unknown strategy / verifier / backend name (lists the known ones)
     ├── CapabilityError        a strategy needs a backend capability the backend lacks
     ├── BudgetExhausted        the meter refused a call: the run's budget cannot fit it
+    ├── StoreError             the persistent store (cache database) failed: names the URL, the fix
     └── BackendError           a backend call failed (transport, protocol or server error)
         ├── BackendTimeout     the call (after retries) timed out
         ├── BackendUnavailable the server could not be reached or kept answering 5xx / 429
@@ -51,6 +53,23 @@ class BudgetExhausted(TTCError):
         super().__init__(message or f"budget exhausted: {limit}")
 
 
+class StoreError(TTCError):
+    """The persistent store (``orchestrator.store``) could not do its work.
+
+    The message names the store URL (password masked), what failed and the fix.
+
+    Attributes:
+        url: the store URL with its password masked ("" when unknown).
+        retryable: whether the same operation could succeed if tried again (a locked SQLite
+            database, a PostgreSQL deadlock or serialization failure).
+    """
+
+    def __init__(self, message: str, *, url: str = "", retryable: bool = False) -> None:
+        self.url = url
+        self.retryable = retryable
+        super().__init__(message)
+
+
 class BackendError(TTCError):
     """A backend call failed.
 
@@ -87,3 +106,11 @@ class BackendProtocolError(BackendError):
     """The server's answer could not be parsed as a completion response."""
 
     retryable = True
+
+
+class DatasetError(ConfigError):
+    """A dataset cannot be loaded, generated or split.
+
+    The message names the source (a file and line, or a ``builtin:`` name), the offending field or
+    parameter, its value, and how to fix it.
+    """

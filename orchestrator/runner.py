@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.backends.base import Backend
 from orchestrator.budget import Budget, BudgetMeter
@@ -25,6 +25,9 @@ from orchestrator.types import Problem, Result, ScoredCandidate
 from strategies.base import Strategy, StrategySpec, build_strategy
 from strategies.voting import vote
 
+if TYPE_CHECKING:
+    from orchestrator.store.cache import CompletionCache
+
 
 class Orchestrator:
     """Runs strategies against named backends.
@@ -32,13 +35,18 @@ class Orchestrator:
     Args:
         backends: the backends, as a mapping by name or an iterable (keyed by ``backend.name``).
         default_backend: the name used when a strategy does not name one (default: the first).
+        cache: a completion cache shared by every run (see ``orchestrator.context``), or None.
+            The Orchestrator does not own it: whoever opened it closes it.
     """
 
     def __init__(
         self,
         backends: Mapping[str, Backend] | Iterable[Backend],
         default_backend: str | None = None,
+        *,
+        cache: CompletionCache | None = None,
     ) -> None:
+        self.cache = cache
         if isinstance(backends, Mapping):
             self.backends = dict(backends)
         else:
@@ -108,7 +116,7 @@ class Orchestrator:
         strat.check(lambda name: self.resolve(name or default))
         meter = BudgetMeter(budget)
         trace = Trace(problem_id=problem.id, strategy=strat.name)
-        ctx = RunContext(problem, self.backends, default, meter, trace, seed)
+        ctx = RunContext(problem, self.backends, default, meter, trace, seed, self.cache)
         t0 = time.perf_counter()
         try:
             result = await strat(problem, ctx)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -45,7 +46,7 @@ class Span:
     completion_tokens: int = 0
     cost_usd: float = 0.0
     error: str | None = None
-    trace_id: int = 0
+    trace_id: str = ""
 
     def set(self, **attrs: Any) -> None:
         """Add or overwrite attributes (JSON-serialisable values only)."""
@@ -88,7 +89,7 @@ class Trace:
     """The span tree of one run, rooted at a ``run`` span."""
 
     def __init__(self, name: str = "run", **attrs: Any) -> None:
-        self.id = next(_ids)
+        self.id = uuid.uuid4().hex
         self.root = Span(name=name, kind="run", attrs=dict(attrs), trace_id=self.id)
 
     @contextmanager
@@ -122,4 +123,4 @@ class Trace:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of the whole tree."""
-        return self.root.to_dict()
+        return {"trace_id": self.id, **self.root.to_dict()}

@@ -119,7 +119,10 @@ class Score(BaseModel):
 class Usage(BaseModel):
     """Resources spent: tokens, calls, money and wall time.
 
-    ``cached_tokens`` counts completion tokens served from a cache (not charged).
+    Token counts and ``cost_usd`` count every sample the run used, including samples served
+    by the completion cache, so the numbers (and the budget) do not depend on whether the cache
+    was warm. ``cached_tokens`` is the part of ``completion_tokens`` served from the cache,
+    i.e. not paid to a backend in this run.
     """
 
     prompt_tokens: int = 0

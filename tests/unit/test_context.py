@@ -151,13 +151,13 @@ async def test_generate_seeds_requests_from_the_run_rng() -> None:
     assert unseeded.backend().requests[0].seed is None  # type: ignore[attr-defined]
 
 
-async def test_cached_completion_tokens_are_not_charged() -> None:
+async def test_cached_completion_tokens_are_charged_and_reported_apart() -> None:
     ctx = make_ctx(CachedBackend())
     await ctx.generate(chat(2))
-    assert ctx.meter.usage.completion_tokens == 4
+    assert ctx.meter.usage.completion_tokens == 10  # the budget sees cached samples too
     assert ctx.meter.usage.cached_tokens == 6
     assert ctx.meter.usage.cost_usd == pytest.approx(3 + 10)  # pricing uses all tokens
-    assert ctx.trace.backend_spans()[0].completion_tokens == 4
+    assert ctx.trace.backend_spans()[0].completion_tokens == 10
 
 
 async def test_backend_timeout_without_a_deadline_is_not_budget_exhaustion() -> None:

@@ -1,0 +1,1 @@
+"""The evaluation harness behind ``ttc eval``: runner, records, summaries, reports."""
