@@ -194,9 +194,9 @@ class RunContext:
         cands = [hits[i].candidate if i in hits else next(got, None) for i in indices]
         return Generation(
             candidates=[c for c in cands if c is not None],
-            prompt_tokens=fresh.prompt_tokens if missing else max(
-                h.prompt_tokens for h in hits.values()
-            ),
+            prompt_tokens=fresh.prompt_tokens
+            if missing
+            else max(h.prompt_tokens for h in hits.values()),
             completion_tokens=fresh.completion_tokens
             + sum(h.candidate.tokens for h in hits.values()),
             calls=fresh.calls if missing else 1,

@@ -32,9 +32,7 @@ def backends_file(tmp_path: Path, latency: float = 0.0) -> Path:
 
 def dataset(tmp_path: Path, k: int = 8) -> Path:
     path = tmp_path / "data.jsonl"
-    rows = [
-        {"question": f"Q{i}: what is 40 + 2?", "answer": "so it is\n#### 42"} for i in range(k)
-    ]
+    rows = [{"question": f"Q{i}: what is 40 + 2?", "answer": "so it is\n#### 42"} for i in range(k)]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
