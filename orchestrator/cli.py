@@ -290,7 +290,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _err(f"backend failed: {exc}")
         return 3
     except KeyboardInterrupt:
-        _err("interrupted")
+        if args.command == "eval":
+            _err("interrupted; finished problems are saved: rerun the command with --resume")
+        else:
+            _err("interrupted")
         return 130
 
 

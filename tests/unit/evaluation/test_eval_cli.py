@@ -105,6 +105,41 @@ def test_eval_report_command(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert pngs and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
 
 
+def _start_and_wait(cmd: list[str], cwd: Path, records: Path, lines: int) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if records.exists() and records.read_bytes().count(b"\n") >= lines:
+            break
+        time.sleep(0.02)
+    return proc
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_records_and_writes_a_partial_summary(tmp_path: Path) -> None:
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"question": f"Q{i}", "answer": "#### 42"}) + "\n"
+                            for i in range(40)))  # fmt: skip
+    cmd = [
+        sys.executable, "-m", "orchestrator.cli", "eval", "--dataset", str(data),
+        "--strategy", "single", "--backends", str(backends_file(tmp_path, latency=0.15)),
+        "--no-cache", "--out", str(tmp_path / "out"), "--quiet",
+    ]  # fmt: skip
+    records = tmp_path / "out" / "single" / "records.jsonl"
+    proc = _start_and_wait(cmd, tmp_path, records, 4)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "--resume" in err
+    done = read_records(records)
+    assert 4 <= len(done) < 40
+    summary = json.loads((records.parent / "summary.json").read_text())
+    assert summary["problems"] == len(done)
+    meta = json.loads((records.parent / "meta.json").read_text())
+    assert meta["invocations"][-1]["interrupted"] is True
+
+
 @pytest.mark.slow
 def test_sigkill_mid_run_then_resume_counts_every_problem_once(tmp_path: Path) -> None:
     data = tmp_path / "data.jsonl"
@@ -116,19 +151,14 @@ def test_sigkill_mid_run_then_resume_counts_every_problem_once(tmp_path: Path) -
         "--backends", str(backends_file(tmp_path, latency=0.15)), "--concurrency", "2",
         "--cache", str(tmp_path / "cache.db"), "--out", str(tmp_path / "out"), "--quiet",
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stderr=subprocess.PIPE)
     records = tmp_path / "out" / "self_consistency" / "records.jsonl"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if records.exists() and records.read_bytes().count(b"\n") >= 6:
-            break
-        time.sleep(0.02)
+    proc = _start_and_wait(cmd, tmp_path, records, 6)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
     assert proc.returncode == -signal.SIGKILL
     first = read_records(records)
     assert 6 <= len(first) < 40, "the kill should land mid-run"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run([*cmd, "--resume"], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=120)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
