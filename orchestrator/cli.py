@@ -1,9 +1,11 @@
 """The ``ttc`` command.
 
-Subcommands: ``solve`` (answer one question with a strategy), ``strategies`` / ``verifiers`` /
-``backends`` (list what is registered or configured) and ``model prepare`` (convert the embedded
-model once). Exit codes: 0 answered, 1 no answer (every sample failed), 2 bad input
-(unknown name, bad config, missing capability), 3 backend failure, 130 interrupted.
+Subcommands: ``solve`` (answer one question with a strategy), ``eval`` (evaluate strategies on a
+dataset; see ``orchestrator.evaluation.cli``), ``approaches`` (ask a model for DIV-SE approaches;
+see ``orchestrator.approaches``), ``strategies`` / ``verifiers`` / ``backends`` (list what is
+registered or configured) and ``model prepare`` (convert the embedded model once).
+Exit codes: 0 answered, 1 no answer (every sample failed), 2 bad input (unknown name, bad
+config, missing capability), 3 backend failure, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -255,6 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
     from orchestrator.evaluation.cli import add_eval_parser
 
     add_eval_parser(sub)
+    from orchestrator.approaches import add_approaches_parser
+
+    add_approaches_parser(sub)
     sub.add_parser("strategies", help="list registered strategies")
     sub.add_parser("verifiers", help="list registered verifiers")
     b = sub.add_parser("backends", help="list configured backends (* = default)")
@@ -278,6 +283,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from orchestrator.evaluation.cli import cmd_eval
 
             return cmd_eval(args)
+        if args.command == "approaches":
+            from orchestrator.approaches import cmd_approaches
+
+            return cmd_approaches(args)
         if args.command in ("strategies", "verifiers"):
             return cmd_list(args.command)
         if args.command == "backends":

@@ -175,7 +175,7 @@ class TestRewardModel(Case):
 
 
 def test_every_registered_verifier_has_a_conformance_case() -> None:
-    registered = {n for n in registry.names() if not n.startswith("_test")}
+    registered = {n for n in registry.names() if not n.startswith("_")}
     cased = {cls.verifier_name for cls in Case.__subclasses__()}
     assert not registered - FACTORIES.keys(), "add a factory to FACTORIES"
     assert not registered - cased, "add a Test* subclass of Case"
