@@ -56,6 +56,8 @@ async def sample(
             break
         empty = 0 if got else empty + 1
         out.candidates.extend(got[:need])
+    if empty >= 2 and out.error is None:
+        out.error = "the backend returned no candidates twice in a row"
     return out
 
 

@@ -258,7 +258,7 @@ async def test_div_se_handles_a_backend_returning_nothing() -> None:
     result = await Orchestrator([backend]).run(QUESTION, {"strategy": "div_se", "k": 2})
     assert result.answer is None and result.candidate is None
     assert result.details["failed"] == 2 and result.details["votes"] == {}
-    assert all(sc.candidate.error == "no candidate returned" for sc in result.candidates)
+    assert all("no candidates" in (sc.candidate.error or "") for sc in result.candidates)
 
 
 async def test_div_se_budget_exhaustion_votes_what_it_has() -> None:
