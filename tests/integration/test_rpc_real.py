@@ -80,5 +80,6 @@ async def test_rpc_small_budget_ends_exhausted_with_best_so_far(
     )
     assert result.budget_exhausted is True
     assert result.usage.completion_tokens <= 100
-    assert 1 <= len(result.candidates) < 4
+    # the meter narrows each call to fit (n=1 at first); short samples may still add up to 4
+    assert 1 <= len(result.candidates) <= 4 and result.usage.calls >= 1
     assert_rpc_structure(result)
