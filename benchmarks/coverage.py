@@ -89,6 +89,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     "majority_at_k": summary.majority_at_k,
                     "power_law": summary.power_law.model_dump() if summary.power_law else None,
                     "completion_tokens_mean": summary.completion_tokens_mean,
+                    "wall_seconds": summary.wall_seconds,
                     "wall_seconds_this_run": round(time.perf_counter() - t0, 1),
                     "tokens_per_second": summary.tokens_per_second,
                 }

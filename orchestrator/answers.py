@@ -354,6 +354,22 @@ def answers_equivalent(a: str | None, b: str | None) -> bool:
     return _equivalent_normalized(na, nb)
 
 
+def answer_key(ans: str | None) -> str | None:
+    """A cheap vote key: the normalised answer, with numbers reduced to one exact form.
+
+    ``1/2``, ``0.5`` and ``\\frac{1}{2}`` share a key; symbolic equivalence (math_verify) is not
+    tried, so this is fast enough for aggregating thousands of samples. None for None or an
+    answer that normalises to nothing.
+    """
+    if ans is None:
+        return None
+    norm = normalize_answer(ans)
+    if not norm:
+        return None
+    value = _to_fraction(norm)
+    return norm if value is None else str(value)
+
+
 def group_answers(answers: Sequence[str | None]) -> list[list[int]]:
     """Group the indices of equivalent answers, in first-seen order.
 

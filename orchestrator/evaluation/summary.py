@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from orchestrator.answers import group_answers, normalize_answer
+from orchestrator.answers import answer_key
 from orchestrator.evaluation.records import ProblemRecord, read_records
 from orchestrator.metrics import (
     PowerLawFit,
@@ -89,20 +89,14 @@ class Summary(BaseModel):
 
 
 def canonical_answers(answers: Sequence[str | None]) -> list[str | None]:
-    """One canonical string per group of equivalent answers (``group_answers``), None kept.
+    """One vote key per answer (``orchestrator.answers.answer_key``), None kept.
 
-    Every member of a group maps to the normalised form of the group's first answer, so plain
-    string equality on the result means equivalence (what ``majority_at_k`` expects). Answers
-    ``group_answers`` leaves out (None, or empty once normalised) map to None.
+    Answers with equal normalised forms or equal numeric values share a key, so plain string
+    equality on the result is what ``majority_at_k`` groups by. Unlike a strategy's own vote,
+    no symbolic (math_verify) comparison is made: summarising 64 samples of 500 problems must
+    take seconds, and math_verify can take seconds per pair on malformed model output.
     """
-    out: list[str | None] = [None] * len(answers)
-    for group in group_answers(answers):
-        first = answers[group[0]]
-        assert first is not None
-        key = normalize_answer(first)
-        for i in group:
-            out[i] = key
-    return out
+    return [answer_key(a) for a in answers]
 
 
 def _check_candidates(rec: ProblemRecord) -> None:

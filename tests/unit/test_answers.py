@@ -230,3 +230,13 @@ def test_math500_real_rows() -> None:
     for failure in failures:
         print("math500 mismatch:", failure)
     assert len(rows) - len(failures) >= 18, failures
+
+
+def test_answer_key_groups_numbers_and_normal_forms_without_math_verify() -> None:
+    from orchestrator.answers import answer_key
+
+    assert answer_key("1/2") == answer_key("0.5") == answer_key("\\frac{1}{2}")
+    assert answer_key("18") == answer_key("18.0") == answer_key("$18$")
+    assert answer_key("18") != answer_key("19")
+    assert answer_key(None) is None and answer_key("  ") is None
+    assert answer_key("x^2") == "x^2"
