@@ -2,7 +2,8 @@
 
 Subcommands: ``solve`` (answer one question with a strategy), ``eval`` (evaluate strategies on a
 dataset; see ``orchestrator.evaluation.cli``), ``approaches`` (ask a model for DIV-SE approaches;
-see ``orchestrator.approaches``), ``strategies`` / ``verifiers`` / ``backends`` (list what is
+see ``orchestrator.approaches``), ``serve`` and ``keys`` (the REST service and its API keys;
+see ``orchestrator.api.cli``), ``strategies`` / ``verifiers`` / ``backends`` (list what is
 registered or configured) and ``model prepare`` (convert the embedded model once).
 Exit codes: 0 answered, 1 no answer (every sample failed), 2 bad input (unknown name, bad
 config, missing capability), 3 backend failure, 130 interrupted.
@@ -260,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     from orchestrator.approaches import add_approaches_parser
 
     add_approaches_parser(sub)
+    from orchestrator.api.cli import add_service_parsers
+
+    add_service_parsers(sub)
     sub.add_parser("strategies", help="list registered strategies")
     sub.add_parser("verifiers", help="list registered verifiers")
     b = sub.add_parser("backends", help="list configured backends (* = default)")
@@ -291,6 +295,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_list(args.command)
         if args.command == "backends":
             return cmd_backends(args)
+        if args.command in ("serve", "keys"):
+            from orchestrator.api.cli import cmd_keys, cmd_serve
+
+            return cmd_serve(args) if args.command == "serve" else cmd_keys(args)
         return cmd_model_prepare(args)
     except (ConfigError, RegistryError, CapabilityError) as exc:
         _err(str(exc))

@@ -20,7 +20,7 @@ from orchestrator.budget import Budget, BudgetMeter
 from orchestrator.config import load_backends
 from orchestrator.context import RunContext
 from orchestrator.errors import BudgetExhausted, ConfigError
-from orchestrator.trace import Trace
+from orchestrator.trace import SpanListener, Trace
 from orchestrator.types import Problem, Result, ScoredCandidate
 from strategies.base import Strategy, StrategySpec, build_strategy
 from strategies.voting import vote
@@ -88,8 +88,12 @@ class Orchestrator:
         *,
         backend: str | None = None,
         seed: int | None = None,
+        trace_listener: SpanListener | None = None,
     ) -> Result:
         """Solve ``problem`` with ``strategy`` under ``budget``.
+
+        ``trace_listener`` is called with each span of the run's trace as it closes (see
+        ``Trace``); the REST service streams a run's progress with it.
 
         Raises ConfigError / RegistryError / CapabilityError before any backend call when the
         strategy, its backends or their capabilities do not fit; BackendError propagates only
@@ -99,7 +103,7 @@ class Orchestrator:
             problem = Problem(question=problem)
         strat = build_strategy(strategy)
         try:
-            return await self._run(problem, strat, budget, backend, seed)
+            return await self._run(problem, strat, budget, backend, seed, trace_listener)
         finally:
             if strat is not strategy:  # built here from a spec: release its verifiers' resources
                 await strat.aclose()
@@ -111,11 +115,12 @@ class Orchestrator:
         budget: Budget | None,
         backend: str | None,
         seed: int | None,
+        trace_listener: SpanListener | None = None,
     ) -> Result:
         default = backend or self.default_backend
         strat.check(lambda name: self.resolve(name or default))
         meter = BudgetMeter(budget)
-        trace = Trace(problem_id=problem.id, strategy=strat.name)
+        trace = Trace(problem_id=problem.id, strategy=strat.name, listener=trace_listener)
         ctx = RunContext(problem, self.backends, default, meter, trace, seed, self.cache)
         t0 = time.perf_counter()
         try:
@@ -123,6 +128,8 @@ class Orchestrator:
         except BudgetExhausted:
             result = self._best_so_far(ctx, strat.name)
         finally:
+            if meter.exhausted_by:
+                trace.root.set(budget_exhausted_by=meter.exhausted_by)
             trace.finish()
         usage = meter.usage.model_copy(update={"seconds": time.perf_counter() - t0})
         return result.model_copy(

@@ -17,15 +17,18 @@ Usage::
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 SpanKind = Literal["run", "strategy", "backend", "verifier", "step"]
+
+log = logging.getLogger(__name__)
 
 _current: ContextVar[Span | None] = ContextVar("ttc_current_span", default=None)
 _ids = itertools.count(1)
@@ -85,12 +88,24 @@ class Span:
         return out
 
 
-class Trace:
-    """The span tree of one run, rooted at a ``run`` span."""
+SpanListener = Callable[["Span"], None]
+"""Called with each span of a trace right after it closes (``end`` set, ``error`` recorded)."""
 
-    def __init__(self, name: str = "run", **attrs: Any) -> None:
+
+class Trace:
+    """The span tree of one run, rooted at a ``run`` span.
+
+    ``listener``, when given, is called synchronously (in the task that closed the span) with
+    every span opened by :meth:`span` as it closes, e.g. to stream a run's progress. It must be
+    cheap and must not raise: an exception from it is logged and ignored, never fatal to the run.
+    """
+
+    def __init__(
+        self, name: str = "run", *, listener: SpanListener | None = None, **attrs: Any
+    ) -> None:
         self.id = uuid.uuid4().hex
         self.root = Span(name=name, kind="run", attrs=dict(attrs), trace_id=self.id)
+        self.listener = listener
 
     @contextmanager
     def span(self, name: str, kind: SpanKind = "strategy", **attrs: Any) -> Iterator[Span]:
@@ -112,6 +127,11 @@ class Trace:
         finally:
             span.end = time.perf_counter()
             _current.reset(token)
+            if self.listener is not None:
+                try:
+                    self.listener(span)
+                except Exception:  # a broken listener must not break the run
+                    log.exception("trace listener failed on span %r", span.name)
 
     def finish(self) -> None:
         """Close the root span."""

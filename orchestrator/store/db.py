@@ -29,15 +29,18 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
     URL,
+    BigInteger,
     Connection,
+    Date,
     DateTime,
     Engine,
+    Index,
     Integer,
     String,
     Table,
@@ -257,6 +260,71 @@ class Completion(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
+_ROW_ID = BigInteger().with_variant(Integer, "sqlite")  # SQLite: an alias of the rowid
+
+
+class Run(Base):
+    """One service run (``orchestrator.store.runs``); JSON columns hold compact JSON text.
+    ``seq`` is the insertion order (it breaks ties of ``created_at``); ``id`` the run id."""
+
+    __tablename__ = "runs"
+    __table_args__ = (
+        Index("ix_runs_created", "created_at", "seq"),
+        Index("ix_runs_status_created", "status", "created_at", "seq"),
+    )
+
+    seq: Mapped[int] = mapped_column(_ROW_ID, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(128), unique=True)
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    request: Mapped[str] = mapped_column(Text)
+    result: Mapped[str | None] = mapped_column(Text, nullable=True)
+    usage: Mapped[str | None] = mapped_column(Text, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    key_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+
+
+class ApiKeyRow(Base):
+    """One API key: see ``orchestrator.store.keys``. Only the key's sha256 is stored.
+
+    A name is unique among the active (not revoked) keys: a partial unique index. ``seq`` is
+    the insertion order; ``id`` is the key id the API shows.
+    """
+
+    __tablename__ = "api_keys"
+    __table_args__ = (
+        Index(
+            "uq_api_keys_active_name",
+            "name",
+            unique=True,
+            sqlite_where=text("revoked_at IS NULL"),
+            postgresql_where=text("revoked_at IS NULL"),
+        ),
+    )
+
+    seq: Mapped[int] = mapped_column(_ROW_ID, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    prefix: Mapped[str] = mapped_column(String(32))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    rpm_limit: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    daily_token_limit: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class ApiKeyUsage(Base):
+    """Tokens spent by one API key on one UTC day."""
+
+    __tablename__ = "api_key_usage"
+
+    key_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
 def table(name: str) -> Table:
     """The Core ``Table`` called ``name`` (e.g. ``"completions"``)."""
     return Base.metadata.tables[name]
@@ -282,6 +350,7 @@ def create_tables(*names: str) -> Callable[[Connection], None]:
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "completion cache", create_tables("completions")),
+    Migration(2, "runs and API keys", create_tables("runs", "api_keys", "api_key_usage")),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

@@ -13,15 +13,23 @@ The server is a FastAPI app run by uvicorn in a background thread on a free ``12
 ``/v1/chat/completions`` and ``/v1/completions`` answer in the OpenAI response shape (with
 logprobs when asked); ``/version`` answers like vLLM when ``vllm=True``. Each request consumes
 the next scripted ``Fault`` (FIFO, in arrival order); with the script empty it answers normally.
+
+As a separate process (load tests, trying ``ttc serve`` by hand), it serves until SIGTERM or
+SIGINT and prints its ``base_url`` as the first line of stdout::
+
+    python -m orchestrator.testing.fake_openai_server --latency 0.05
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import signal
 import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -99,15 +107,25 @@ class FakeOpenAIServer:
         model: the ``model`` reported in responses.
         latency: seconds every normal answer waits (lets tests overlap requests).
         vllm: serve ``GET /version`` like a vLLM server does.
+        record: keep every request in ``requests``; False (long-running load servers) keeps
+            memory flat and leaves ``requests`` empty.
 
     Thread safety: the server runs in its own thread; ``requests``, ``in_flight``,
     ``max_in_flight`` and ``disconnects`` may be read from the test thread at any time.
     """
 
-    def __init__(self, *, model: str = "fake-model", latency: float = 0.0, vllm: bool = False):
+    def __init__(
+        self,
+        *,
+        model: str = "fake-model",
+        latency: float = 0.0,
+        vllm: bool = False,
+        record: bool = True,
+    ):
         self.model = model
         self.latency = latency
         self.vllm = vllm
+        self.record = record
         self.requests: list[RecordedRequest] = []
         self.in_flight = 0
         self.max_in_flight = 0
@@ -191,7 +209,8 @@ class FakeOpenAIServer:
     def _record(self, path: str, body: dict[str, Any]) -> Fault | None:
         with self._lock:
             fault = self._faults.popleft() if self._faults else None
-            self.requests.append(RecordedRequest(path, body, time.monotonic(), fault))
+            if self.record:
+                self.requests.append(RecordedRequest(path, body, time.monotonic(), fault))
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
             return fault
@@ -324,3 +343,27 @@ def completion_response(body: dict[str, Any], *, n: int, model: str) -> dict[str
         "choices": choices,
         "usage": _usage(prompt_tokens, completion_tokens),
     }
+
+
+# -- as a separate process ---------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Serve on a free loopback port until SIGTERM/SIGINT; print ``base_url`` first."""
+    parser = argparse.ArgumentParser(description="A fake OpenAI-compatible server.")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds every answer waits")
+    parser.add_argument("--model", default="fake-model", help="model reported in responses")
+    parser.add_argument("--vllm", action="store_true", help="serve GET /version like vLLM")
+    args = parser.parse_args(argv)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    server = FakeOpenAIServer(model=args.model, latency=args.latency, vllm=args.vllm, record=False)
+    with server:
+        print(server.base_url, flush=True)
+        while not stop.wait(0.5):
+            pass
+
+
+if __name__ == "__main__":
+    main()

@@ -284,8 +284,9 @@ async def test_requests_per_second_is_honoured(server: FakeOpenAIServer) -> None
         await asyncio.gather(*(backend.generate(chat()) for _ in range(8)))
     times = sorted(r.received for r in server.requests)
     gaps = [b - a for a, b in itertools.pairwise(times)]
-    # The throttler spaces request starts 50 ms apart; allow for scheduling jitter.
-    assert min(gaps) >= 0.02 and times[-1] - times[0] >= 0.3
+    # The throttler spaces request starts 50 ms apart; arrival times at the server add
+    # scheduling jitter on a loaded machine. Unthrottled, the 8 requests arrive within ~1 ms.
+    assert min(gaps) >= 0.01 and times[-1] - times[0] >= 0.3
 
 
 # -- prefix continuation, capabilities, cancellation, config ------------------------------------

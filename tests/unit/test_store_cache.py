@@ -1,18 +1,13 @@
 """Tests for orchestrator.store: URLs, engines, migrations and the CompletionCache.
 
-Every store test runs twice: on a SQLite file under ``tmp_path`` and on PostgreSQL
-(``$TTC_TEST_POSTGRES_URL``, default ``postgresql://postgres@127.0.0.1:5432/test``). Each
-PostgreSQL test gets its own schema (``search_path``), dropped afterwards, so parallel runs on one
-server never see each other's rows. An unreachable server skips the PostgreSQL tests, unless
-``CI`` or ``TTC_REQUIRE_POSTGRES`` is set: then they fail.
+Every store test runs twice, on SQLite and on PostgreSQL: the ``store_url`` fixture of
+tests/unit/conftest.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
-import os
 import sqlite3
 import subprocess
 import sys
@@ -20,10 +15,9 @@ import textwrap
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
-import psycopg
 import pytest
 import pytest_asyncio
 from sqlalchemy import select, text
@@ -40,46 +34,8 @@ from orchestrator.store import (
     normalize_url,
 )
 from orchestrator.store import db as store_db
-from orchestrator.store.db import LATEST_VERSION, Completion, SchemaVersion
+from orchestrator.store.db import LATEST_VERSION, MIGRATIONS, Completion, SchemaVersion
 from orchestrator.types import Candidate, Message, TokenLogprob
-
-POSTGRES_URL = os.environ.get("TTC_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-
-
-@functools.cache
-def _postgres_unreachable() -> str | None:
-    try:
-        with psycopg.connect(POSTGRES_URL, connect_timeout=3):
-            return None
-    except psycopg.Error as exc:
-        return f"PostgreSQL at {POSTGRES_URL} is unreachable: {str(exc).strip()}"
-
-
-def _require_postgres() -> None:
-    reason = _postgres_unreachable()
-    if reason is None:
-        return
-    if os.environ.get("CI") or os.environ.get("TTC_REQUIRE_POSTGRES"):
-        pytest.fail(f"{reason} (CI or TTC_REQUIRE_POSTGRES is set: PostgreSQL tests must run)")
-    pytest.skip(f"{reason}; set TTC_REQUIRE_POSTGRES=1 to make this a failure")
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh, empty store: a SQLite file, or a private PostgreSQL schema."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'store' / 'ttc.db'}"
-        return
-    _require_postgres()
-    schema = f"ttc_test_{uuid.uuid4().hex[:16]}"
-    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    sep = "&" if "?" in POSTGRES_URL else "?"
-    try:
-        yield f"{POSTGRES_URL}{sep}options=-csearch_path%3D{schema}"
-    finally:
-        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 @pytest_asyncio.fixture
@@ -322,8 +278,13 @@ def test_migrate_is_idempotent_and_records_the_version(store_url: str) -> None:
         assert migrate(engine) == LATEST_VERSION
         assert migrate(engine) == LATEST_VERSION
         with engine.connect() as conn:
-            rows = conn.execute(select(SchemaVersion.version, SchemaVersion.description)).all()
-            assert [tuple(r) for r in rows] == [(1, "completion cache")]
+            rows = conn.execute(
+                select(SchemaVersion.version, SchemaVersion.description).order_by(
+                    SchemaVersion.version
+                )
+            ).all()
+            assert [tuple(r) for r in rows] == [(m.version, m.description) for m in MIGRATIONS]
+            assert rows[0] == (1, "completion cache")
             assert conn.execute(text("SELECT COUNT(*) FROM completions")).scalar() == 0
     finally:
         engine.dispose()
