@@ -39,6 +39,9 @@ lint: setup
 bench: setup
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python -m benchmarks.verifiers
+	$(BIN)/python -m benchmarks.coverage
+	$(BIN)/python -m benchmarks.strategies
+	$(BIN)/python -m benchmarks.service_load
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
