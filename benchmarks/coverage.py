@@ -133,6 +133,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
+    from orchestrator.cli import sigterm_as_interrupt
+
+    sigterm_as_interrupt()  # a killed benchmark still shuts its vLLM engine down
     args = parse()
     if args.gsm8k and not GSM8K_DEV.is_file():
         raise SystemExit(f"{GSM8K_DEV} not found: run with --gsm8k 0 or put ../shared beside it")

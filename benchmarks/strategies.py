@@ -169,6 +169,9 @@ def parse() -> argparse.Namespace:
 
 
 if __name__ == "__main__":
+    from orchestrator.cli import sigterm_as_interrupt
+
+    sigterm_as_interrupt()  # a killed benchmark still shuts its vLLM engine down
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # the RPC fit: 10 ms instead of 200
     arguments = parse()
     if arguments.gsm8k and not GSM8K_DEV.is_file():

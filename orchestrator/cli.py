@@ -16,9 +16,12 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.budget import Budget
@@ -275,11 +278,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def sigterm_as_interrupt() -> None:
+    """Treat SIGTERM like Ctrl-C: unwind normally, so that backends close (a vLLM engine's
+    worker processes would otherwise outlive a killed ``ttc``, holding their memory) and an
+    evaluation writes its summary. ``ttc serve`` leaves signals to uvicorn."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ttc`` console script."""
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     args = build_parser().parse_args(argv)
+    if args.command != "serve":
+        sigterm_as_interrupt()
     try:
         if args.command == "solve":
             return cmd_solve(args)

@@ -117,7 +117,10 @@ def _start_and_wait(cmd: list[str], cwd: Path, records: Path, lines: int) -> sub
 
 
 @pytest.mark.slow
-def test_ctrl_c_keeps_records_and_writes_a_partial_summary(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_keeps_records_and_writes_a_partial_summary(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps({"question": f"Q{i}", "answer": "#### 42"}) + "\n"
                             for i in range(40)))  # fmt: skip
@@ -128,7 +131,7 @@ def test_ctrl_c_keeps_records_and_writes_a_partial_summary(tmp_path: Path) -> No
     ]  # fmt: skip
     records = tmp_path / "out" / "single" / "records.jsonl"
     proc = _start_and_wait(cmd, tmp_path, records, 4)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)  # SIGTERM unwinds like Ctrl-C: backends closed, summary written
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
     assert "--resume" in err
