@@ -1,6 +1,6 @@
 """What every store object shares: one Engine, migrated on first use, driven from asyncio.
 
-Contract for subclasses (``RunStore``, ``KeyStore``):
+Contract for subclasses (``RunStore``, ``KeyStore``, ``CompletionCache``):
 
 * All database work is synchronous SQLAlchemy passed to :meth:`StoreClient._run` as a function
   of the Engine; it runs in ``asyncio.to_thread``, so the event loop is never blocked.

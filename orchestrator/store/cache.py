@@ -23,38 +23,22 @@ Contract:
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
-import random
-import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import Engine, delete, distinct, func, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError
 
 from orchestrator.backends.base import GenerationRequest
 from orchestrator.errors import StoreError
-from orchestrator.store.db import (
-    Completion,
-    default_url,
-    make_engine,
-    mask_url,
-    migrate,
-    normalize_url,
-    store_error,
-    table,
-    write_transaction,
-)
+from orchestrator.store.base import StoreClient
+from orchestrator.store.db import Completion, table, write_transaction
 from orchestrator.types import Candidate
-
-T = TypeVar("T")
 
 KEY_FORMAT_VERSION = 1
 """Part of every key: bump it when the canonical form changes, to orphan all old entries."""
@@ -112,54 +96,13 @@ def _load(raw: str) -> Candidate:
     return Candidate.model_validate(json.loads(raw)).model_copy(update={"cached": True})
 
 
-class CompletionCache:
+class CompletionCache(StoreClient):
     """Persistent ``(key, sample_index) -> CachedSample`` store (see the module docstring).
 
-    Args:
-        url: the store URL or SQLite file path (default: ``orchestrator.store.db.default_url()``).
-        lock_retries: retries of an operation that hit a locked database or a deadlock.
-        retry_backoff: first retry delay in seconds; doubled each retry, with jitter.
-
-    The schema is created (``migrate``) on first use, or by ``open()``. ``aclose()`` disposes
-    the engine; a later call opens it again. Also an async context manager.
+    Engine lifecycle, migration on first use, ``open()``/``aclose()``, the async context
+    manager and the lock / deadlock retries come from :class:`StoreClient` (arguments: ``url``,
+    ``lock_retries``, ``retry_backoff``).
     """
-
-    def __init__(
-        self, url: str | Path | None = None, *, lock_retries: int = 3, retry_backoff: float = 0.1
-    ) -> None:
-        self.url = normalize_url(url if url is not None else default_url())
-        self.lock_retries = lock_retries
-        self.retry_backoff = retry_backoff
-        self._engine: Engine | None = None
-        self._init_lock = threading.Lock()
-
-    @property
-    def masked_url(self) -> str:
-        """The store URL with its password masked."""
-        return mask_url(self.url)
-
-    def __repr__(self) -> str:
-        return f"CompletionCache({self.masked_url!r})"
-
-    async def __aenter__(self) -> CompletionCache:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    async def open(self) -> None:
-        """Create the engine and migrate the schema now rather than on first use. Idempotent."""
-        await self._run("opening", lambda engine: None)
-
-    async def aclose(self) -> None:
-        """Dispose the engine and its pooled connections. Idempotent."""
-        await asyncio.to_thread(self._dispose)
 
     async def get_many(self, key: str, indices: Sequence[int]) -> dict[int, CachedSample]:
         """The cached samples of ``key`` at ``indices``; missing indices are absent from the
@@ -240,51 +183,6 @@ class CompletionCache:
                 "Fix: clear the cache (CompletionCache.clear())",
                 url=self.masked_url,
             ) from exc
-
-    def _ready_engine(self) -> Engine:
-        """The engine, created and migrated on first use (runs in a worker thread)."""
-        with self._init_lock:
-            if self._engine is None:
-                engine = make_engine(self.url)
-                try:
-                    migrate(engine)
-                except BaseException:
-                    engine.dispose()
-                    raise
-                self._engine = engine
-            return self._engine
-
-    def _dispose(self) -> None:
-        with self._init_lock:
-            engine, self._engine = self._engine, None
-        if engine is not None:
-            engine.dispose()
-
-    def _call(self, action: str, op: Callable[[Engine], T]) -> T:
-        engine = self._ready_engine()
-        try:
-            return op(engine)
-        except SQLAlchemyError as exc:
-            raise store_error(engine.url, exc, action) from exc
-
-    async def _run(self, action: str, op: Callable[[Engine], T]) -> T:
-        """Run ``op`` in a worker thread, retrying transient (lock / deadlock) failures."""
-        attempt = 0
-        while True:
-            try:
-                return await asyncio.to_thread(self._call, action, op)
-            except StoreError as exc:
-                if not exc.retryable:
-                    raise
-                if attempt >= self.lock_retries:
-                    raise StoreError(
-                        f"{exc} (gave up after {attempt + 1} attempts)",
-                        url=exc.url,
-                        retryable=True,
-                    ) from exc
-                delay = self.retry_backoff * (2**attempt) * (1 + random.random())
-                attempt += 1
-                await asyncio.sleep(delay)
 
 
 def _insert_ignoring_conflicts(engine: Engine, rows: list[dict[str, Any]]) -> None:
