@@ -1,7 +1,8 @@
 """The ``ttc`` command.
 
 Subcommands: ``solve`` (answer one question with a strategy), ``eval`` (evaluate strategies on a
-dataset; see ``orchestrator.evaluation.cli``), ``approaches`` (ask a model for DIV-SE approaches;
+dataset; see ``orchestrator.evaluation.cli``), ``search`` (architecture search; see
+``search.cli``), ``approaches`` (ask a model for DIV-SE approaches;
 see ``orchestrator.approaches``), ``serve`` and ``keys`` (the REST service and its API keys;
 see ``orchestrator.api.cli``), ``strategies`` / ``verifiers`` / ``backends`` (list what is
 registered or configured) and ``model prepare`` (convert the embedded model once).
@@ -265,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_approaches_parser(sub)
     from orchestrator.api.cli import add_service_parsers
+    from search.cli import add_search_parser
+
+    add_search_parser(sub)
 
     add_service_parsers(sub)
     sub.add_parser("strategies", help="list registered strategies")
@@ -295,6 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.command != "serve":
         sigterm_as_interrupt()
     try:
@@ -308,6 +313,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from orchestrator.approaches import cmd_approaches
 
             return cmd_approaches(args)
+        if args.command == "search":
+            from search.cli import cmd_search
+
+            return cmd_search(args)
         if args.command in ("strategies", "verifiers"):
             return cmd_list(args.command)
         if args.command == "backends":
@@ -326,6 +335,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         if args.command == "eval":
             _err("interrupted; finished problems are saved: rerun the command with --resume")
+        elif args.command == "search":
+            _err("interrupted; finished trials are saved and the trial in flight is queued "
+                 "again: rerun the same command to continue the study")
         else:
             _err("interrupted")
         return 130

@@ -30,6 +30,27 @@ from orchestrator.types import Problem, Result
 StrategySpec = str | dict[str, Any]
 
 
+def search_hint(
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    log: bool = False,
+    step: float | None = None,
+    choices: list[Any] | None = None,
+) -> dict[str, Any]:
+    """``json_schema_extra`` marking a config field as tuned by ``ttc search`` by default.
+
+    A strategy listed in a search space file has its hinted fields searched over these ranges
+    unless the file narrows or fixes them (see ``search.space``). Use as
+    ``Field(8, ge=1, json_schema_extra=search_hint(1, 32, log=True))``.
+    """
+    hint: dict[str, Any] = {"low": low, "high": high, "step": step, "choices": choices}
+    hint = {k: v for k, v in hint.items() if v is not None}
+    if log:
+        hint["log"] = True
+    return {"search": hint}
+
+
 class StrategyConfig(BaseModel):
     """Base of every strategy's config. Unknown fields are errors."""
 
@@ -40,7 +61,9 @@ class SamplingConfig(StrategyConfig):
     """Sampling parameters shared by the strategies that call a backend."""
 
     backend: str | None = Field(None, description="backend name; None = the run's default")
-    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    temperature: float = Field(
+        0.7, ge=0.0, le=2.0, json_schema_extra=search_hint(0.0, 1.2, step=0.1)
+    )
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_tokens: int = Field(512, ge=1, le=32768)
     stop: list[str] | None = None

@@ -16,7 +16,13 @@ from orchestrator.backends.base import GenerationRequest
 from orchestrator.context import RunContext
 from orchestrator.errors import BackendError, BudgetExhausted
 from orchestrator.types import Candidate, Problem, Result, ScoredCandidate
-from strategies.base import SamplingConfig, Strategy, StrategySpec, build_strategy
+from strategies.base import (
+    SamplingConfig,
+    Strategy,
+    StrategySpec,
+    build_strategy,
+    search_hint,
+)
 
 
 @dataclass
@@ -86,7 +92,13 @@ async def run_children(problem: Problem, ctx: RunContext, child: Strategy, n: in
 class NSamplesConfig(SamplingConfig):
     """Config of strategies that gather N candidates, by sampling or from a child strategy."""
 
-    n: int = Field(8, ge=1, le=1024, description="number of samples (or child runs)")
+    n: int = Field(
+        8,
+        ge=1,
+        le=1024,
+        description="number of samples (or child runs)",
+        json_schema_extra=search_hint(1, 32, log=True),
+    )
     inner: StrategySpec | None = Field(
         None, description="a child strategy run n times instead of sampling directly"
     )

@@ -7,14 +7,16 @@ from pydantic import Field
 from orchestrator.context import RunContext
 from orchestrator.registry import strategies
 from orchestrator.types import Problem, Result, ScoredCandidate
-from strategies.base import SamplingConfig, Strategy
+from strategies.base import SamplingConfig, Strategy, search_hint
 from strategies.sampling import base_details, sample
 
 
 class SingleConfig(SamplingConfig):
     """``single`` options: greedy by default."""
 
-    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    temperature: float = Field(
+        0.0, ge=0.0, le=2.0, json_schema_extra=search_hint(0.0, 1.2, step=0.1)
+    )
     logprobs: bool = Field(False, description="ask the backend for per-token logprobs")
 
 

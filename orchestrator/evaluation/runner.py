@@ -119,6 +119,8 @@ class EvalRunner:
         seed: the evaluation seed.
         dataset: a description of the dataset, saved in meta.json.
         progress: print the progress line; stream: where (default stderr).
+        report: write report.md and the plots over every label when done (the architecture
+            search, which runs one target per trial, turns this off).
     """
 
     def __init__(
@@ -135,6 +137,7 @@ class EvalRunner:
         dataset: dict[str, Any] | None = None,
         progress: bool = True,
         stream: TextIO | None = None,
+        report: bool = True,
     ) -> None:
         if concurrency < 1:
             raise ConfigError(f"concurrency must be >= 1, got {concurrency}")
@@ -159,6 +162,7 @@ class EvalRunner:
         self.dataset = dataset or {}
         self.show_progress = progress
         self.stream = stream or sys.stderr
+        self.report = report
         self.runs = [self._plan(t) for t in self.targets]
 
     def _plan(self, target: EvalTarget) -> TargetRun:
@@ -309,7 +313,7 @@ class EvalRunner:
             if records:
                 write_json(r.directory / "summary.json", summary.model_dump(mode="json"))
             summaries.append(summary)
-        if any(s.problems for s in summaries):
+        if self.report and any(s.problems for s in summaries):
             write_report([s for s in summaries if s.problems], self.out_dir)
         return summaries
 

@@ -1,0 +1,380 @@
+"""``ttc search``: run an architecture search, and read its results.
+
+Subcommands: ``run`` (create or join a study and run trials, optionally in W worker
+processes), ``best`` (the Pareto front), ``export`` (a trial as a strategy config), ``test``
+(the front on the held-out split) and ``report`` (plots). Heavy imports stay inside commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from orchestrator.errors import ConfigError
+
+DEFAULT_OUT = Path("runs/search")
+
+
+def add_search_parser(sub: Any) -> None:
+    """Add ``search`` and its subcommands to the ``ttc`` subparsers."""
+    from search.pruning import PRUNERS
+    from search.study import DEFAULT_STORAGE, SAMPLERS
+
+    s = sub.add_parser(
+        "search",
+        help="architecture search over strategy compositions (Optuna)",
+        description="Tune strategy compositions on a dataset under a per-query "
+        "budget: multi-objective (accuracy, cost) or accuracy - lambda * cost.",
+    )
+    ssub = s.add_subparsers(dest="search_command", required=True)
+
+    def study_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--study", required=True, help="study name")
+        p.add_argument(
+            "--storage",
+            default=DEFAULT_STORAGE,
+            help=f"SQLAlchemy URL or SQLite file (default {DEFAULT_STORAGE})",
+        )
+
+    r = ssub.add_parser("run", help="create or join a study and run trials")
+    r.add_argument("--space", required=True, type=Path, help="search space YAML (configs/search)")
+    r.add_argument("--dataset", required=True, help="a JSONL file, or builtin:NAME[?k=v&...]")
+    r.add_argument("--format", help="dataset format: gsm8k, math, aime, qa (default: detect)")
+    r.add_argument("--question-field")
+    r.add_argument("--answer-field")
+    r.add_argument("--id-field")
+    r.add_argument("--answer-format", help="how to extract the model's answer")
+    r.add_argument("--system", help="system prompt")
+    r.add_argument("--split", default="dev:0.2", help="the dev split searched (default dev:0.2)")
+    r.add_argument("--limit", type=int, help="use only the first N dev problems")
+    study_args(r)
+    r.add_argument("--trials", type=int, help="evaluated trials to finish (default 20; grid: all)")
+    r.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
+    r.add_argument("--timeout", type=float, help="stop starting trials after S seconds")
+    r.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="default tpe")
+    r.add_argument(
+        "--pruner",
+        choices=PRUNERS,
+        default="median",
+        help="single mode: Optuna pruner; multi mode: median = the Pareto-aware "
+        "median rule, none = no pruning",
+    )
+    r.add_argument("--seed", type=int, default=0, help="sampler and evaluation seed")
+    r.add_argument("--concurrency", type=int, default=8, help="problems in flight per trial")
+    r.add_argument("--heartbeat", type=int, default=10, help="heartbeat interval, s (stale: 3x)")
+    r.add_argument("--out", type=Path, help=f"trial records (default {DEFAULT_OUT}/STUDY)")
+    r.add_argument("--backend", help="backend name from the backends file")
+    r.add_argument("--backends", help="backends file")
+    r.add_argument("--model", help="override the backend's model")
+    r.add_argument("--no-cache", action="store_true", help="bypass the completion cache")
+    r.add_argument("--cache", help="completion cache URL or SQLite path")
+    r.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+
+    b = ssub.add_parser("best", help="print the Pareto front (or the best trials)")
+    study_args(b)
+    b.add_argument("--json", action="store_true")
+    e = ssub.add_parser("export", help="write a trial's composition as a strategy config")
+    study_args(e)
+    e.add_argument("--trial", type=int, required=True, help="trial number (see `best`)")
+    e.add_argument("--out", type=Path, required=True, help="e.g. configs/strategies/NAME.yaml")
+    e.add_argument("--force", action="store_true", help="overwrite an existing file")
+    t = ssub.add_parser("test", help="evaluate the front on the held-out split: dev vs test")
+    study_args(t)
+    t.add_argument("--split", help="default: the complement of the study's dev split")
+    t.add_argument("--limit", type=int)
+    t.add_argument("--concurrency", type=int, default=8)
+    t.add_argument("--out", type=Path, help=f"records (default {DEFAULT_OUT}/STUDY/test)")
+    t.add_argument("--backend")
+    t.add_argument("--backends")
+    t.add_argument("--model")
+    t.add_argument("--no-cache", action="store_true")
+    t.add_argument("--cache")
+    t.add_argument("--quiet", action="store_true")
+    p = ssub.add_parser("report", help="plots: Pareto front, history, parameter importances")
+    study_args(p)
+    p.add_argument("--out", type=Path, help=f"default {DEFAULT_OUT}/STUDY/report")
+    p.add_argument("--html", action="store_true", help="also write report.html")
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    """Dispatch ``ttc search SUBCOMMAND``."""
+    from search.study import quiet_optuna
+
+    quiet_optuna()
+    if args.search_command == "run":
+        return cmd_run(args)
+    from search import results
+
+    study = results.load_study(args.study, args.storage)
+    if args.search_command == "best":
+        trials = results.front(study)
+        if args.json:
+            import json
+
+            print(json.dumps(results.front_json(study, trials), indent=2))
+        else:
+            print(results.front_table(study, trials))
+        return 0
+    if args.search_command == "export":
+        path = results.export_trial(study, args.trial, args.out, force=args.force)
+        print(
+            f"wrote {path}; run it with: ttc eval --config {path} ... or "
+            f"ttc solve --config {path} QUESTION",
+            file=sys.stderr,
+        )
+        return 0
+    if args.search_command == "test":
+        return _cmd_test(args, study)
+    out = args.out or DEFAULT_OUT / args.study / "report"
+    for path in results.write_report(study, out, "html" if args.html else "png"):  # type: ignore[attr-defined]
+        print(f"wrote {path}", file=sys.stderr)
+    print(
+        f"interactive: pip install optuna-dashboard && optuna-dashboard {args.storage}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _cmd_test(args: argparse.Namespace, study: Any) -> int:
+    from orchestrator.cli import build_orchestrator, stdout_to_stderr
+    from search import results
+
+    async def go() -> list[dict[str, Any]]:
+        cache = None if args.no_cache else _open_cache(args.cache)
+        try:
+            _defaults_from_study(args, study.user_attrs)
+            async with build_orchestrator(args, cache) as orch:
+                return await results.test_front(
+                    study,
+                    orch,
+                    split=args.split,
+                    limit=args.limit,
+                    out_dir=args.out or DEFAULT_OUT / args.study / "test",
+                    concurrency=args.concurrency,
+                    progress=not args.quiet,
+                )
+        finally:
+            if cache is not None:
+                await cache.aclose()
+
+    with stdout_to_stderr():
+        rows = asyncio.run(go())
+    print(results.dev_test_table(rows))
+    return 0
+
+
+def _defaults_from_study(args: argparse.Namespace, attrs: dict[str, Any]) -> None:
+    """Use the study's backends file, backend and model unless the command line says."""
+    for key in ("backends", "backend", "model"):
+        if getattr(args, key, None) is None:
+            setattr(args, key, attrs.get(key))
+
+
+def _open_cache(url: str | None) -> Any:
+    from orchestrator.store import CompletionCache
+
+    return CompletionCache(url)
+
+
+def _study_attrs(args: argparse.Namespace, space: Any, problems: int) -> dict[str, Any]:
+    mapping = {
+        k: getattr(args, k)
+        for k in ("question_field", "answer_field", "id_field", "answer_format", "system")
+    }
+    obj = space.file.objective
+    return {
+        "space": space.file.model_dump(mode="json", by_alias=True),
+        "space_path": str(args.space),
+        "mode": obj.mode,
+        "cost": obj.cost,
+        "lambda": obj.lam,
+        "dataset": {
+            "source": args.dataset,
+            "format": args.format,
+            "split": args.split,
+            "limit": args.limit,
+            "problems": problems,
+            **{k: v for k, v in mapping.items() if v is not None},
+        },
+        "seed": args.seed,
+        "backends": args.backends,
+        "backend": args.backend,
+        "model": args.model,
+    }
+
+
+def _dev_problems(args: argparse.Namespace) -> list[Any]:
+    from orchestrator.datasets import load_dataset
+
+    mapping = {
+        "question_field": args.question_field,
+        "answer_field": args.answer_field,
+        "id_field": args.id_field,
+        "answer_format": args.answer_format,
+        "system_prompt": args.system,
+    }
+    problems = load_dataset(
+        args.dataset,
+        format=args.format,
+        limit=args.limit,
+        split=args.split,
+        **{k: v for k, v in mapping.items() if v is not None},
+    )
+    if not problems:
+        raise ConfigError(f"{args.dataset}: the {args.split} split is empty (check --split)")
+    return problems
+
+
+def _validate(args: argparse.Namespace) -> None:
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {args.workers}")
+    if args.trials is not None and args.trials < 1:
+        raise ConfigError(f"--trials must be >= 1, got {args.trials}")
+    if args.concurrency < 1:
+        raise ConfigError(f"--concurrency must be >= 1, got {args.concurrency}")
+    if args.heartbeat < 1:
+        raise ConfigError(f"--heartbeat must be >= 1 second, got {args.heartbeat}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``ttc search run``: prepare the study, then run one worker here or W subprocesses."""
+    from search.space import load_space
+    from search.study import open_study
+
+    _validate(args)
+    space = load_space(args.space)
+    problems = _dev_problems(args)
+    grid = space.grid() if args.sampler == "grid" else None
+    trials = args.trials or (len(grid) if grid is not None else 20)
+    multi = space.file.objective.mode == "multi"
+    storage, sampler, pruner = _study_parts(args, space, trials, len(problems))
+    study = open_study(
+        args.study,
+        storage,
+        ["maximize", "minimize"] if multi else ["maximize"],
+        _study_attrs(args, space, len(problems)),
+        sampler,
+        pruner,
+    )
+    if grid is not None and not study.user_attrs.get("grid_queued"):
+        for params in grid:
+            study.enqueue_trial(params, skip_if_exists=True)
+        study.set_user_attr("grid_queued", len(grid))
+    if args.worker_index == 0:
+        print(
+            f"ttc search: study {args.study!r} in {args.storage}: {len(problems)} dev problems, "
+            f"{trials} trials, sampler {args.sampler}, {args.workers} worker(s)",
+            file=sys.stderr,
+        )
+    if args.workers > 1 and args.worker_index == 0:
+        code = _spawn_workers(args)
+    else:
+        code = _run_worker(args, space, problems, trials)
+    if args.worker_index == 0:
+        from search import results
+
+        print(results.front_table(study, results.front(study)))
+    return code
+
+
+def _study_parts(args: argparse.Namespace, space: Any, trials: int, n_dev: int) -> Any:
+    from search.objective import rung_sizes
+    from search.pruning import make_pruner
+    from search.study import make_sampler, make_storage
+
+    storage = make_storage(args.storage, heartbeat=args.heartbeat)
+    multi = space.file.objective.mode == "multi"
+    sampler = make_sampler(args.sampler, args.seed + args.worker_index, trials, multi)
+    sizes = rung_sizes(n_dev, space.file.rungs)
+    return storage, sampler, make_pruner(args.pruner, sizes[0], sizes[-1])
+
+
+def _run_worker(args: argparse.Namespace, space: Any, problems: list[Any], trials: int) -> int:
+    from orchestrator.cli import stdout_to_stderr
+
+    with stdout_to_stderr():
+        why = asyncio.run(_worker(args, space, problems, trials))
+    print(f"ttc search: worker {args.worker_index} stopped: {why}", file=sys.stderr)
+    return 0 if why in ("done", "timeout") else 3
+
+
+async def _worker(args: argparse.Namespace, space: Any, problems: list[Any], trials: int) -> str:
+    from orchestrator.cli import build_orchestrator
+    from search.objective import Objective
+    from search.progress import TrialPrinter
+    from search.study import StudyPlan, run_in_thread
+
+    storage, sampler, pruner = _study_parts(args, space, trials, len(problems))
+    import optuna
+
+    study = optuna.load_study(
+        study_name=args.study, storage=storage, sampler=sampler, pruner=pruner
+    )
+    cache = None if args.no_cache else _open_cache(args.cache)
+    prefix = f"[w{args.worker_index}] " if args.workers > 1 or args.worker_index else ""
+    printer = TrialPrinter(trials, prefix=prefix)
+    try:
+        async with build_orchestrator(args, cache) as orch:
+            await orch.start()
+            objective = Objective(
+                space,
+                orch,
+                asyncio.get_running_loop(),
+                problems,
+                args.out or DEFAULT_OUT / args.study,
+                concurrency=args.concurrency,
+                seed=args.seed,
+                pruner_on=args.pruner != "none",
+                say=printer.say,
+            )
+            plan = StudyPlan(trials=trials, timeout=args.timeout)
+            return await run_in_thread(study, objective, plan, printer.on_trial)
+    finally:
+        if cache is not None:
+            await cache.aclose()
+
+
+def worker_argv(argv: list[str], index: int) -> list[str]:
+    """The argv of worker ``index``: the parent's, with ``--workers`` kept (for the count) and
+    ``--worker-index`` set."""
+    out: list[str] = []
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == "--worker-index":
+            skip = True
+            continue
+        if a.startswith("--worker-index="):
+            continue
+        out.append(a)
+    return [*out, "--worker-index", str(index)]
+
+
+def _spawn_workers(args: argparse.Namespace) -> int:
+    """Start W workers (indices 1..W) as ``ttc`` subprocesses; wait; forward SIGTERM."""
+    argv = worker_argv(list(args.argv), 0)[:-2]
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *worker_argv(argv, i)])
+        for i in range(1, args.workers + 1)
+    ]
+    try:
+        while any(p.poll() is None for p in procs):
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            p.wait()
+        raise
+    codes = [p.returncode for p in procs]
+    print(f"ttc search: workers exited with {codes}", file=sys.stderr)
+    return 0 if all(c == 0 for c in codes) else 3
