@@ -132,7 +132,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.search_command == "test":
         return _cmd_test(args, study)
     out = args.out or DEFAULT_OUT / args.study / "report"
-    for path in results.write_report(study, out, "html" if args.html else "png"):  # type: ignore[attr-defined]
+    from search.plots import write_report
+
+    for path in write_report(study, out, "html" if args.html else "png"):
         print(f"wrote {path}", file=sys.stderr)
     print(
         f"interactive: pip install optuna-dashboard && optuna-dashboard {args.storage}",
@@ -166,6 +168,14 @@ def _cmd_test(args: argparse.Namespace, study: Any) -> int:
     with stdout_to_stderr():
         rows = asyncio.run(go())
     print(results.dev_test_table(rows))
+    failed = sum(int(r.get("failed") or 0) for r in rows)
+    if failed:
+        print(
+            f"ttc search test: {failed} problem(s) failed (backend errors) and have no record; "
+            "rerun the same command to retry them",
+            file=sys.stderr,
+        )
+        return 3
     return 0
 
 

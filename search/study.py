@@ -30,6 +30,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from orchestrator.errors import ConfigError
 from search.objective import Objective, SearchInterrupted, TrialFailed
+from search.results import storage_url
 
 __all__ = ["SAMPLERS", "StudyPlan", "evaluated", "make_sampler", "make_storage", "open_study"]
 
@@ -45,13 +46,6 @@ def quiet_optuna() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     warnings.filterwarnings("ignore", category=FutureWarning, module="optuna")
-
-
-def storage_url(value: str) -> str:
-    """A SQLAlchemy URL from ``value``: URLs pass through; a file path becomes ``sqlite:///``."""
-    if "://" in value:
-        return value
-    return f"sqlite:///{Path(value).expanduser().resolve()}"
 
 
 def make_storage(url: str, heartbeat: int = 10, max_retry: int = 2) -> RDBStorage:
