@@ -41,11 +41,24 @@ from orchestrator.types import Problem
 from search.estimate import CostEstimate, estimate_cost, over_budget, spend_ratio
 from search.pruning import stop_multi
 from search.space import Space
-from strategies.base import build_strategy
 
 __all__ = ["Objective", "SearchInterrupted", "one_line", "rung_order"]
 
 T = TypeVar("T")
+
+RESET_ATTRS = (
+    "rejected",
+    "pruned_at",
+    "accuracy",
+    "cost",
+    "problems",
+    "rungs",
+    "usage",
+    "constraints",
+    "estimate",
+    "tokens_per_sample",
+)
+"""Trial attrs cleared when a trial starts: a retried trial inherits its original's attrs."""
 
 
 class SearchInterrupted(Exception):
@@ -145,7 +158,7 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         spec = self.space.compose(trial)
         label = f"trial-{trial.number}"
-        for key in ("rejected", "pruned_at", "accuracy", "cost", "rungs"):
+        for key in RESET_ATTRS:
             trial.set_user_attr(key, None)  # a retried trial inherits its original's attrs
         trial.set_user_attr("spec", spec)
         trial.set_user_attr("composition", one_line(spec))
@@ -181,16 +194,15 @@ class Objective:
         raise optuna.TrialPruned(reason)
 
     def _estimate(self, trial: optuna.Trial, spec: dict[str, Any]) -> CostEstimate | None:
-        default = self.orch.default_backend
-        try:
-            strat = build_strategy(dict(spec))
-            strat.check(lambda name: self.orch.resolve(name or default))
-        except (ConfigError, RegistryError, CapabilityError) as exc:
-            self._reject(trial, f"invalid composition: {exc}", [1.0, 1.0])
+        """Dry-run the composition; reject it (TrialPruned) when it is invalid for its backends
+        or its estimate does not fit the budget. None when the dry run timed out."""
         probe = self.ordered[: self.space.file.estimate.problems]
         tps = self._tokens_per_sample(trial.study)
         try:
             est = self.call(estimate_cost(spec, self.orch, probe, tps))
+        except (ConfigError, RegistryError, CapabilityError) as exc:
+            self._reject(trial, f"invalid composition: {exc}", [1.0, 1.0])
+            raise  # unreachable: _reject raises TrialPruned
         except TimeoutError:
             self.say(f"trial {trial.number}: no cost estimate (the dry run timed out)")
             return None
@@ -227,6 +239,11 @@ class Objective:
             rungs.append(rung)
             self._record(trial, summary, est, rungs)
             last = i == len(self.sizes) - 1
+            if not last:
+                self.say(
+                    f"trial {trial.number}: rung {i + 1}/{len(self.sizes)}: {k} problems, "
+                    f"accuracy {summary.accuracy:.3f}, {rung['cost']:,.4g} per query"
+                )
             if not last and self.pruner_on and self._should_prune(trial, i, rung):
                 trial.set_user_attr("pruned_at", i)
                 constrain(trial, trial.user_attrs["constraints"])

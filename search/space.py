@@ -420,9 +420,7 @@ def _strategy_space(
         _check_values(name, p, {}, f"{where}.{p.key}")
     for p in params:
         _check_values(name, p, fixed, f"{where}.{p.key}")
-    return StrategySpace(
-        name, params, has_inner="inner" in fields, has_backend="backend" in fields
-    )
+    return StrategySpace(name, params, has_inner="inner" in fields, has_backend="backend" in fields)
 
 
 def build_space(data: Any, source: str = "<space>") -> Space:

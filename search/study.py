@@ -160,6 +160,12 @@ def _counts(study: optuna.Study) -> tuple[int, int, int, int]:
     return done, rejected, running, waiting
 
 
+def study_finished(study: optuna.Study, trials: int) -> bool:
+    """``trials`` trials evaluated and none running or waiting."""
+    done, _, running, waiting = _counts(study)
+    return done >= trials and not running and not waiting
+
+
 def optimize_loop(
     study: optuna.Study,
     objective: Objective,
