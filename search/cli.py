@@ -272,6 +272,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         sampler,
         pruner,
     )
+    out = args.out or DEFAULT_OUT / args.study
+    stale = sorted(out.glob("trial-*")) if out.is_dir() else []
+    if args.worker_index == 0 and stale and not study.get_trials(deepcopy=False):
+        raise ConfigError(
+            f"{out} holds trial records ({stale[0].name}, ...) but study {args.study!r} in "
+            f"{args.storage} has no trials: they belong to another study of that name. Remove "
+            "them, or choose another --out or --study"
+        )
     if grid is not None and not study.user_attrs.get("grid_queued"):
         for params in grid:
             study.enqueue_trial(params, skip_if_exists=True)
@@ -311,6 +319,12 @@ def _run_worker(args: argparse.Namespace, space: Any, problems: list[Any], trial
     with stdout_to_stderr():
         why = asyncio.run(_worker(args, space, problems, trials))
     print(f"ttc search: worker {args.worker_index} stopped: {why}", file=sys.stderr)
+    if why == "failures":
+        print(
+            "ttc search: trials keep failing (see the errors above: is the backend up?); "
+            "fix that and rerun the same command to continue the study",
+            file=sys.stderr,
+        )
     if why == "rejections":
         print(
             "ttc search: too many compositions were rejected by the budget before any call; "

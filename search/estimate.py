@@ -42,9 +42,9 @@ class ProbeBackend(FakeBackend):
         )
 
     def _text(self, request: GenerationRequest, index: int) -> str:
-        tail = f"The answer is \\boxed{{{index + 1}}}."
-        filler = max(0, self.tokens_per_sample - len(tail.split(" ")))
-        return " ".join(["step"] * filler + [tail])
+        tail = f"The answer is \\boxed{{{index + 1}}}.".split(" ")
+        filler = max(0, self.tokens_per_sample - len(tail))
+        return " ".join(["step"] * filler + tail[-self.tokens_per_sample :])
 
     async def generate(self, request: GenerationRequest) -> Generation:
         out = await super().generate(request)

@@ -47,6 +47,7 @@ __all__ = ["Objective", "SearchInterrupted", "one_line", "rung_order"]
 T = TypeVar("T")
 
 RESET_ATTRS = (
+    "interrupted",
     "rejected",
     "pruned_at",
     "accuracy",
@@ -167,6 +168,7 @@ class Objective:
             est = self._estimate(trial, spec)
             self._evaluate(trial, spec, est)
         except SearchInterrupted:
+            trial.set_user_attr("interrupted", True)
             trial.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
             trial.study.stop()
             self.say(f"{label}: interrupted; queued again for the next `ttc search run`")

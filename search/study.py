@@ -122,7 +122,9 @@ def open_study(
     if not have:
         for key, value in attrs.items():
             study.set_user_attr(key, value)
+        study.set_user_attr(READY, True)  # last: joiners wait for it, never see half the attrs
         return study
+    have = _wait_ready(study, name)
     for key in ("space", "dataset", "seed"):
         if have.get(key) != attrs.get(key):
             raise ConfigError(
@@ -130,6 +132,24 @@ def open_study(
                 f"{attrs.get(key)!r}); use another --study, or the same --{key} to continue it"
             )
     return study
+
+
+READY = "ready"
+"""The study attr its creator sets after all the others."""
+
+
+def _wait_ready(study: optuna.Study, name: str, timeout: float = 30.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        have = study.user_attrs
+        if have.get(READY):
+            return have
+        if time.monotonic() > deadline:
+            raise ConfigError(
+                f"study {name!r} exists but its creator never finished writing its settings; "
+                "delete it (optuna delete-study) or use another --study"
+            )
+        time.sleep(0.2)
 
 
 def evaluated(trial: FrozenTrial) -> bool:
@@ -146,6 +166,7 @@ class StudyPlan:
     trials: int
     timeout: float | None = None
     max_rejections: int = 200
+    max_failures: int = 5
 
 
 def _counts(study: optuna.Study) -> tuple[int, int, int, int]:
@@ -174,23 +195,34 @@ def optimize_loop(
 ) -> str:
     """Run trials until the study is done, the time is up, or the objective is interrupted.
 
-    Returns why it stopped: ``done``, ``timeout``, ``interrupted`` or ``rejections``.
+    Returns why it stopped: ``done``, ``timeout``, ``interrupted``, ``rejections`` (too many
+    compositions rejected by the budget) or ``failures`` (``max_failures`` of this worker's
+    trials failed in a row: the backend is down).
     """
     started = time.monotonic()
 
     def left() -> float | None:
         return None if plan.timeout is None else plan.timeout - (time.monotonic() - started)
 
+    failures = 0  # this worker's trials failed in a row (not interrupted): a dead backend
+
     def stop_when_done(study: optuna.Study, trial: FrozenTrial) -> None:
+        nonlocal failures
         on_trial(study, trial)
+        failed = trial.state == TrialState.FAIL and not trial.user_attrs.get("interrupted")
+        failures = failures + 1 if failed else 0
         done, rejected, _, waiting = _counts(study)
         if (done >= plan.trials and not waiting) or rejected >= plan.max_rejections:
+            study.stop()
+        if failures >= plan.max_failures:
             study.stop()
 
     while True:
         done, rejected, running, waiting = _counts(study)
         if objective.stopping:
             return "interrupted"
+        if failures >= plan.max_failures:
+            return "failures"
         if rejected >= plan.max_rejections:
             return "rejections"
         remaining = left()
