@@ -26,7 +26,7 @@ demo: setup
 
 # The full suite, real-model tests included (markers: slow, vllm).
 test: setup
-	TTC_REQUIRE_VLLM=1 $(BIN)/python -m pytest -q
+	TTC_REQUIRE_VLLM=1 TTC_REQUIRE_PG=1 $(BIN)/python -m pytest -q
 
 # Unit tests only (no real model).
 test-fast: setup
@@ -42,6 +42,7 @@ bench: setup
 	$(BIN)/python -m benchmarks.coverage
 	$(BIN)/python -m benchmarks.strategies
 	$(BIN)/python -m benchmarks.service_load
+	$(BIN)/python -m benchmarks.search_efficiency
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

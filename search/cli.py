@@ -338,7 +338,7 @@ async def _worker(args: argparse.Namespace, space: Any, problems: list[Any], tri
     from orchestrator.cli import build_orchestrator
     from search.objective import Objective
     from search.progress import TrialPrinter
-    from search.study import StudyPlan, run_in_thread
+    from search.study import StudyPlan, make_sampler, run_in_thread
 
     storage, sampler, pruner = _study_parts(args, space, trials, len(problems))
     import optuna
@@ -346,6 +346,15 @@ async def _worker(args: argparse.Namespace, space: Any, problems: list[Any], tri
     study = optuna.load_study(
         study_name=args.study, storage=storage, sampler=sampler, pruner=pruner
     )
+    if args.worker_index == 0 and study.get_trials(deepcopy=False):
+        # Joining a study that has trials (another machine, or a rerun adding trials): a
+        # sampler seeded like the first worker's would replay its compositions.
+        study.sampler = make_sampler(
+            args.sampler,
+            joiner_seed(args.seed, len(study.get_trials(deepcopy=False))),
+            trials,
+            space.file.objective.mode == "multi",
+        )
     cache = None if args.no_cache else _open_cache(args.cache)
     prefix = f"[w{args.worker_index}] " if args.workers > 1 or args.worker_index else ""
     printer = TrialPrinter(trials, prefix=prefix)
@@ -368,6 +377,16 @@ async def _worker(args: argparse.Namespace, space: Any, problems: list[Any], tri
     finally:
         if cache is not None:
             await cache.aclose()
+
+
+def joiner_seed(seed: int, trials: int) -> int:
+    """A sampler seed for a worker joining a study: differs by host, process and study size."""
+    import hashlib
+    import os
+    import socket
+
+    key = f"{seed}:{socket.gethostname()}:{os.getpid()}:{trials}"
+    return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)
 
 
 def worker_argv(argv: list[str], index: int) -> list[str]:

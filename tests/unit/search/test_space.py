@@ -64,7 +64,7 @@ def test_addition_space_loads_with_its_budget_and_objective() -> None:
     space = load_space(ADDITION)
     assert list(space.strategies) == ["single", "self_consistency", "best_of_n", "rpc"]
     assert space.budget.max_calls == 40
-    assert space.budget.max_completion_tokens == 2048
+    assert space.budget.max_completion_tokens == 640
     assert space.file.objective.mode == "multi"
     assert space.file.rungs == [0.1, 0.3, 1.0]
     assert space.source == str(ADDITION)
