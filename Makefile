@@ -26,7 +26,7 @@ demo: setup
 
 # The full suite, real-model tests included (markers: slow, vllm).
 test: setup
-	TTC_REQUIRE_VLLM=1 TTC_REQUIRE_PG=1 $(BIN)/python -m pytest -q
+	TTC_REQUIRE_VLLM=1 TTC_REQUIRE_POSTGRES=1 $(BIN)/python -m pytest -q
 
 # Unit tests only (no real model).
 test-fast: setup

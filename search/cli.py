@@ -23,6 +23,7 @@ DEFAULT_OUT = Path("runs/search")
 
 def add_search_parser(sub: Any) -> None:
     """Add ``search`` and its subcommands to the ``ttc`` subparsers."""
+    from orchestrator.evaluation.cli import add_dataset_args
     from search.pruning import PRUNERS
     from search.study import DEFAULT_STORAGE, SAMPLERS
 
@@ -44,15 +45,8 @@ def add_search_parser(sub: Any) -> None:
 
     r = ssub.add_parser("run", help="create or join a study and run trials")
     r.add_argument("--space", required=True, type=Path, help="search space YAML (configs/search)")
-    r.add_argument("--dataset", required=True, help="a JSONL file, or builtin:NAME[?k=v&...]")
-    r.add_argument("--format", help="dataset format: gsm8k, math, aime, qa (default: detect)")
-    r.add_argument("--question-field")
-    r.add_argument("--answer-field")
-    r.add_argument("--id-field")
-    r.add_argument("--answer-format", help="how to extract the model's answer")
+    add_dataset_args(r, required=True, split="dev:0.2")
     r.add_argument("--system", help="system prompt")
-    r.add_argument("--split", default="dev:0.2", help="the dev split searched (default dev:0.2)")
-    r.add_argument("--limit", type=int, help="use only the first N dev problems")
     study_args(r)
     r.add_argument("--trials", type=int, help="evaluated trials to finish (default 20; grid: all)")
     r.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
@@ -193,10 +187,8 @@ def _open_cache(url: str | None) -> Any:
 
 
 def _study_attrs(args: argparse.Namespace, space: Any, problems: int) -> dict[str, Any]:
-    mapping = {
-        k: getattr(args, k)
-        for k in ("question_field", "answer_field", "id_field", "answer_format", "system")
-    }
+    from orchestrator.evaluation.cli import dataset_mapping
+
     obj = space.file.objective
     return {
         "space": space.file.model_dump(mode="json", by_alias=True),
@@ -210,35 +202,13 @@ def _study_attrs(args: argparse.Namespace, space: Any, problems: int) -> dict[st
             "split": args.split,
             "limit": args.limit,
             "problems": problems,
-            **{k: v for k, v in mapping.items() if v is not None},
+            **dataset_mapping(args),
         },
         "seed": args.seed,
         "backends": args.backends,
         "backend": args.backend,
         "model": args.model,
     }
-
-
-def _dev_problems(args: argparse.Namespace) -> list[Any]:
-    from orchestrator.datasets import load_dataset
-
-    mapping = {
-        "question_field": args.question_field,
-        "answer_field": args.answer_field,
-        "id_field": args.id_field,
-        "answer_format": args.answer_format,
-        "system_prompt": args.system,
-    }
-    problems = load_dataset(
-        args.dataset,
-        format=args.format,
-        limit=args.limit,
-        split=args.split,
-        **{k: v for k, v in mapping.items() if v is not None},
-    )
-    if not problems:
-        raise ConfigError(f"{args.dataset}: the {args.split} split is empty (check --split)")
-    return problems
 
 
 def _validate(args: argparse.Namespace) -> None:
@@ -254,12 +224,13 @@ def _validate(args: argparse.Namespace) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """``ttc search run``: prepare the study, then run one worker here or W subprocesses."""
+    from orchestrator.evaluation.cli import load_problems
     from search.space import load_space
     from search.study import open_study
 
     _validate(args)
     space = load_space(args.space)
-    problems = _dev_problems(args)
+    problems = load_problems(args)
     grid = space.grid() if args.sampler == "grid" else None
     trials = args.trials or (len(grid) if grid is not None else 20)
     multi = space.file.objective.mode == "multi"

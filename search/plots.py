@@ -27,6 +27,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from orchestrator.errors import ConfigError
+from orchestrator.evaluation.report import pyplot
 from search.results import cost_unit, feasible, front, front_json, front_table, study_overview
 
 __all__ = ["HISTORY_PLOT", "IMPORTANCE_PLOT", "PARETO_PLOT", "write_report"]
@@ -37,19 +38,9 @@ IMPORTANCE_PLOT = "param_importances.png"
 _DPI = 120
 
 
-def _pyplot() -> Any:
-    """matplotlib.pyplot, with the Agg backend selected before its import."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _save(draw: Callable[[], Any], path: Path) -> Path:
     """Call ``draw`` (an Optuna matplotlib plot returning Axes), save its figure, close it."""
-    plt = _pyplot()
+    plt = pyplot()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         warnings.filterwarnings("ignore", "PedAnovaImportanceEvaluator computes the importances")

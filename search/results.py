@@ -28,7 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
 from orchestrator.budget import Budget
-from orchestrator.datasets import load_dataset, parse_split
+from orchestrator.datasets import FIELD_MAPPING_KEYS, load_dataset, parse_split
 from orchestrator.errors import ConfigError
 from orchestrator.evaluation.runner import EvalRunner, EvalTarget
 from orchestrator.evaluation.summary import Summary
@@ -55,15 +55,6 @@ __all__ = [
 
 TOP_SINGLE = 10
 """How many trials ``front`` lists in single mode."""
-
-_MAPPING_KEYS = (
-    "question_field",
-    "answer_field",
-    "id_field",
-    "answer_rule",
-    "answer_format",
-    "system_prompt",
-)
 
 
 def storage_url(value: str | Path) -> str:
@@ -440,7 +431,7 @@ def _held_out_problems(
             f"--split {split} overlaps the dev split {ds['split']} the search tuned on; the "
             f"held-out split is {held_out_split(ds['split'])}"
         )
-    mapping = {k: ds[k] for k in _MAPPING_KEYS if ds.get(k) is not None}
+    mapping = {k: ds[k] for k in FIELD_MAPPING_KEYS if ds.get(k) is not None}
     problems = load_dataset(
         ds["source"], format=ds.get("format"), limit=limit, split=split, **mapping
     )

@@ -19,6 +19,7 @@ from orchestrator.types import Problem
 
 __all__ = [
     "BUILTINS",
+    "FIELD_MAPPING_KEYS",
     "FORMATS",
     "DatasetFormat",
     "SplitSpec",
@@ -38,7 +39,7 @@ BUILTINS: dict[str, dict[str, int | str]] = {
 }
 """The generated datasets: ``synthetic_problems`` arguments by name (query parameters override)."""
 
-_FIELD_MAPPING_KEYS = (
+FIELD_MAPPING_KEYS = (
     "question_field",
     "answer_field",
     "id_field",
@@ -129,11 +130,11 @@ def load_dataset(
     Raises:
         DatasetError: an unknown keyword, a bad limit or split, or any loading error.
     """
-    unknown = sorted(set(field_mapping) - set(_FIELD_MAPPING_KEYS))
+    unknown = sorted(set(field_mapping) - set(FIELD_MAPPING_KEYS))
     if unknown:
         raise DatasetError(
             f"load_dataset: unknown argument(s) {', '.join(unknown)}; allowed: "
-            f"format, limit, split, {', '.join(_FIELD_MAPPING_KEYS)}"
+            f"format, limit, split, {', '.join(FIELD_MAPPING_KEYS)}"
         )
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
         raise DatasetError(f"load_dataset: limit={limit!r} is invalid; allowed: an integer >= 0")

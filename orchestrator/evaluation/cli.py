@@ -33,16 +33,7 @@ def add_eval_parser(sub: Any) -> None:
     r = rsub.add_parser("report", help="print the comparison table and write plots for DIRs")
     r.add_argument("dirs", nargs="+", type=Path, help="evaluation directories")
     r.add_argument("--out", type=Path, help="where to write report.md and PNGs (default: DIR)")
-    e.add_argument("--dataset", help="a JSONL file, or builtin:NAME[?key=value&...]")
-    e.add_argument("--format", help="dataset format: gsm8k, math (default: detect)")
-    e.add_argument("--question-field", help="JSONL field holding the question")
-    e.add_argument("--answer-field", help="JSONL field holding the reference answer")
-    e.add_argument("--id-field", help="JSONL field holding a stable problem id")
-    e.add_argument(
-        "--answer-format", help="how to extract the model's answer (auto, boxed, number, ...)"
-    )
-    e.add_argument("--split", help="deterministic split, e.g. dev:0.2 or test:0.2")
-    e.add_argument("--limit", type=int, help="evaluate only the first N problems")
+    add_dataset_args(e)
     e.add_argument("--strategy", action="append", default=[], help="strategy name (repeatable)")
     e.add_argument(
         "--config", action="append", default=[], type=Path,
@@ -58,6 +49,50 @@ def add_eval_parser(sub: Any) -> None:
     e.add_argument("--seed", type=int, default=0, help="evaluation seed (default 0)")
     e.add_argument("--json", action="store_true", help="print the summaries as JSON")
     e.add_argument("--quiet", action="store_true", help="no progress line")
+
+
+def add_dataset_args(
+    p: argparse.ArgumentParser, *, required: bool = False, split: str | None = None
+) -> None:
+    """The dataset options ``ttc eval`` and ``ttc search run`` share (read by load_problems)."""
+    p.add_argument("--dataset", required=required,
+                   help="a JSONL file, or builtin:NAME[?key=value&...]")  # fmt: skip
+    p.add_argument("--format", help="dataset format: gsm8k, math, aime, qa (default: detect)")
+    p.add_argument("--question-field", help="JSONL field holding the question")
+    p.add_argument("--answer-field", help="JSONL field holding the reference answer")
+    p.add_argument("--id-field", help="JSONL field holding a stable problem id")
+    p.add_argument(
+        "--answer-format", help="how to extract the model's answer (auto, boxed, number, ...)"
+    )
+    p.add_argument("--split", default=split,
+                   help="deterministic split, e.g. dev:0.2 or test:0.2"
+                   + (f" (default {split})" if split else ""))  # fmt: skip
+    p.add_argument("--limit", type=int, help="use only the first N problems (after the split)")
+
+
+def dataset_mapping(args: argparse.Namespace) -> dict[str, str]:
+    """The ``load_dataset`` field mapping given on the command line (``--system`` included)."""
+    mapping = {
+        "question_field": args.question_field,
+        "answer_field": args.answer_field,
+        "id_field": args.id_field,
+        "answer_format": args.answer_format,
+        "system_prompt": args.system,
+    }
+    return {k: v for k, v in mapping.items() if v is not None}
+
+
+def load_problems(args: argparse.Namespace) -> list[Any]:
+    """The problems the dataset options select; ConfigError when there are none."""
+    from orchestrator.datasets import load_dataset
+
+    problems = load_dataset(
+        args.dataset, format=args.format, limit=args.limit, split=args.split,
+        **dataset_mapping(args),
+    )  # fmt: skip
+    if not problems:
+        raise ConfigError(f"{args.dataset}: no problems selected (check --split and --limit)")
+    return problems
 
 
 def eval_targets(args: argparse.Namespace) -> list[Any]:
@@ -154,22 +189,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 async def _eval(args: argparse.Namespace) -> tuple[list[Any], int, Path]:
     from orchestrator.cli import budget_from, build_orchestrator
-    from orchestrator.datasets import load_dataset
     from orchestrator.evaluation.runner import EvalRunner
 
-    mapping = {
-        "question_field": args.question_field,
-        "answer_field": args.answer_field,
-        "id_field": args.id_field,
-        "answer_format": args.answer_format,
-        "system_prompt": args.system,
-    }
-    mapping = {k: v for k, v in mapping.items() if v is not None}
-    problems = load_dataset(
-        args.dataset, format=args.format, limit=args.limit, split=args.split, **mapping
-    )
-    if not problems:
-        raise ConfigError(f"{args.dataset}: no problems to evaluate (check --split and --limit)")
+    mapping = dataset_mapping(args)
+    problems = load_problems(args)
     targets = eval_targets(args)
     out = args.out or DEFAULT_OUT / dataset_name(args.dataset)
     cache = None

@@ -22,7 +22,7 @@ COVERAGE_PLOT = "coverage.png"
 _DPI = 120
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     """matplotlib.pyplot, with the Agg backend selected before its import."""
     import matplotlib
 
@@ -105,7 +105,7 @@ def plot_accuracy_vs_tokens(summaries: Sequence[Summary], path: Path) -> Path:
     spent tokens (a point at 0 tokens cannot sit on a log axis; the axis is linear then).
     Returns ``path``.
     """
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 5))
     try:
         xs = [s.completion_tokens_mean for s in summaries]
@@ -153,7 +153,7 @@ def plot_coverage(summaries: Sequence[Summary], path: Path) -> Path:
     """
     if not any(s.pass_at_k for s in summaries):
         raise ValueError("plot_coverage: no summary has pass@k (no strategy sampled >= 2)")
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.ticker import FuncFormatter
 
     fig, ax = plt.subplots(figsize=(7, 5))
