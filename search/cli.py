@@ -9,16 +9,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import ConfigError
-
-DEFAULT_OUT = Path("runs/search")
+from search.workers import DEFAULT_OUT
 
 
 def add_search_parser(sub: Any) -> None:
@@ -139,14 +135,15 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def _cmd_test(args: argparse.Namespace, study: Any) -> int:
     from orchestrator.cli import build_orchestrator, stdout_to_stderr
-    from search import results
+    from search import holdout
+    from search.workers import open_cache
 
     async def go() -> list[dict[str, Any]]:
-        cache = None if args.no_cache else _open_cache(args.cache)
+        cache = None if args.no_cache else open_cache(args.cache)
         try:
             _defaults_from_study(args, study.user_attrs)
             async with build_orchestrator(args, cache) as orch:
-                return await results.test_front(
+                return await holdout.test_front(
                     study,
                     orch,
                     split=args.split,
@@ -161,7 +158,7 @@ def _cmd_test(args: argparse.Namespace, study: Any) -> int:
 
     with stdout_to_stderr():
         rows = asyncio.run(go())
-    print(results.dev_test_table(rows))
+    print(holdout.dev_test_table(rows))
     failed = sum(int(r.get("failed") or 0) for r in rows)
     if failed:
         print(
@@ -178,12 +175,6 @@ def _defaults_from_study(args: argparse.Namespace, attrs: dict[str, Any]) -> Non
     for key in ("backends", "backend", "model"):
         if getattr(args, key, None) is None:
             setattr(args, key, attrs.get(key))
-
-
-def _open_cache(url: str | None) -> Any:
-    from orchestrator.store import CompletionCache
-
-    return CompletionCache(url)
 
 
 def _study_attrs(args: argparse.Namespace, space: Any, problems: int) -> dict[str, Any]:
@@ -227,6 +218,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from orchestrator.evaluation.cli import load_problems
     from search.space import load_space
     from search.study import open_study
+    from search.workers import run_worker, spawn_workers, study_parts
 
     _validate(args)
     space = load_space(args.space)
@@ -234,7 +226,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     grid = space.grid() if args.sampler == "grid" else None
     trials = args.trials or (len(grid) if grid is not None else 20)
     multi = space.file.objective.mode == "multi"
-    storage, sampler, pruner = _study_parts(args, space, trials, len(problems))
+    storage, sampler, pruner = study_parts(args, space, trials, len(problems))
     study = open_study(
         args.study,
         storage,
@@ -262,150 +254,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     if args.workers > 1 and args.worker_index == 0:
-        code = _spawn_workers(args, study, trials)
+        code = spawn_workers(args, study, trials)
     else:
-        code = _run_worker(args, space, problems, trials)
+        code = run_worker(args, space, problems, trials)
     if args.worker_index == 0:
         from search import results
 
         print(results.front_table(study, results.front(study)))
     return code
-
-
-def _study_parts(args: argparse.Namespace, space: Any, trials: int, n_dev: int) -> Any:
-    from search.objective import rung_sizes
-    from search.pruning import make_pruner
-    from search.study import make_sampler, make_storage
-
-    storage = make_storage(args.storage, heartbeat=args.heartbeat)
-    multi = space.file.objective.mode == "multi"
-    sampler = make_sampler(args.sampler, args.seed + args.worker_index, trials, multi)
-    sizes = rung_sizes(n_dev, space.file.rungs)
-    return storage, sampler, make_pruner(args.pruner, sizes[0], sizes[-1])
-
-
-def _run_worker(args: argparse.Namespace, space: Any, problems: list[Any], trials: int) -> int:
-    from orchestrator.cli import stdout_to_stderr
-
-    with stdout_to_stderr():
-        why = asyncio.run(_worker(args, space, problems, trials))
-    print(f"ttc search: worker {args.worker_index} stopped: {why}", file=sys.stderr)
-    if why == "failures":
-        print(
-            "ttc search: trials keep failing (see the errors above: is the backend up?); "
-            "fix that and rerun the same command to continue the study",
-            file=sys.stderr,
-        )
-    if why == "rejections":
-        print(
-            "ttc search: too many compositions were rejected by the budget before any call; "
-            "loosen the space's `budget:` or narrow its ranges (e.g. smaller n or max_tokens)",
-            file=sys.stderr,
-        )
-    return 0 if why in ("done", "timeout") else 3
-
-
-async def _worker(args: argparse.Namespace, space: Any, problems: list[Any], trials: int) -> str:
-    from orchestrator.cli import build_orchestrator
-    from search.objective import Objective
-    from search.progress import TrialPrinter
-    from search.study import StudyPlan, make_sampler, run_in_thread
-
-    storage, sampler, pruner = _study_parts(args, space, trials, len(problems))
-    import optuna
-
-    study = optuna.load_study(
-        study_name=args.study, storage=storage, sampler=sampler, pruner=pruner
-    )
-    if args.worker_index == 0 and study.get_trials(deepcopy=False):
-        # Joining a study that has trials (another machine, or a rerun adding trials): a
-        # sampler seeded like the first worker's would replay its compositions.
-        study.sampler = make_sampler(
-            args.sampler,
-            joiner_seed(args.seed, len(study.get_trials(deepcopy=False))),
-            trials,
-            space.file.objective.mode == "multi",
-        )
-    cache = None if args.no_cache else _open_cache(args.cache)
-    prefix = f"[w{args.worker_index}] " if args.workers > 1 or args.worker_index else ""
-    printer = TrialPrinter(trials, prefix=prefix)
-    try:
-        async with build_orchestrator(args, cache) as orch:
-            await orch.start()
-            objective = Objective(
-                space,
-                orch,
-                asyncio.get_running_loop(),
-                problems,
-                args.out or DEFAULT_OUT / args.study,
-                concurrency=args.concurrency,
-                seed=args.seed,
-                pruner_on=args.pruner != "none",
-                say=printer.say,
-            )
-            plan = StudyPlan(trials=trials, timeout=args.timeout)
-            return await run_in_thread(study, objective, plan, printer.on_trial)
-    finally:
-        if cache is not None:
-            await cache.aclose()
-
-
-def joiner_seed(seed: int, trials: int) -> int:
-    """A sampler seed for a worker joining a study: differs by host, process and study size."""
-    import hashlib
-    import os
-    import socket
-
-    key = f"{seed}:{socket.gethostname()}:{os.getpid()}:{trials}"
-    return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)
-
-
-def worker_argv(argv: list[str], index: int) -> list[str]:
-    """The argv of worker ``index``: the parent's, with ``--workers`` kept (for the count) and
-    ``--worker-index`` set."""
-    out: list[str] = []
-    skip = False
-    for a in argv:
-        if skip:
-            skip = False
-            continue
-        if a == "--worker-index":
-            skip = True
-            continue
-        if a.startswith("--worker-index="):
-            continue
-        out.append(a)
-    return [*out, "--worker-index", str(index)]
-
-
-def _spawn_workers(args: argparse.Namespace, study: Any, trials: int) -> int:
-    """Start W workers (indices 1..W) as ``ttc`` subprocesses; wait; forward SIGTERM."""
-    argv = worker_argv(list(args.argv), 0)[:-2]
-    procs = [
-        subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *worker_argv(argv, i)])
-        for i in range(1, args.workers + 1)
-    ]
-    try:
-        while any(p.poll() is None for p in procs):
-            time.sleep(0.2)
-    except KeyboardInterrupt:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            p.wait()
-        raise
-    codes = [p.returncode for p in procs]
-    print(f"ttc search: workers exited with {codes}", file=sys.stderr)
-    if all(c == 0 for c in codes):
-        return 0
-    from search.study import study_finished
-
-    if study_finished(study, trials):  # a worker died, but the others finished its work
-        print(
-            "ttc search: a worker failed, but the study finished without it (its trial was "
-            "retried)",
-            file=sys.stderr,
-        )
-        return 0
-    return 3

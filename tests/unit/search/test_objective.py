@@ -1,6 +1,6 @@
 """search.objective and search.pruning: trials on a FakeBackend in in-memory Optuna studies.
 
-An Objective is built as ``search.cli._worker`` builds it: an Orchestrator over a FakeBackend
+An Objective is built as ``search.workers._worker`` builds it: an Orchestrator over a FakeBackend
 living on an asyncio loop in a background thread, and a Space from ``build_space``; trials run
 through ``study.optimize`` in the test's thread.
 """

@@ -20,7 +20,7 @@ from orchestrator.datasets import load_dataset
 from orchestrator.errors import ConfigError
 from orchestrator.runner import Orchestrator
 from orchestrator.testing.fake_backend import FakeBackend, default_text
-from search import results
+from search import holdout, results
 from search.plots import HISTORY_PLOT, IMPORTANCE_PLOT, PARETO_PLOT, write_report
 from strategies.base import build_strategy
 
@@ -289,7 +289,7 @@ def test_test_front_evaluates_each_front_trial_and_resumes(
 
     async def run() -> list[dict[str, Any]]:
         async with Orchestrator([backend]) as orch:
-            return await results.test_front(
+            return await holdout.test_front(
                 multi, orch, split=None, limit=None, out_dir=out, concurrency=2, progress=False
             )
 
@@ -308,7 +308,7 @@ def test_test_front_evaluates_each_front_trial_and_resumes(
     again = asyncio.run(run())  # everything recorded: the rerun makes no backend call
     assert backend.calls == calls
     assert [r["test_accuracy"] for r in again] == [1.0, 1.0, 1.0]
-    table = results.dev_test_table(rows)
+    table = holdout.dev_test_table(rows)
     assert "Test accuracy [95% CI]" in table and "Dev cost (completion_tokens)" in table
     assert "| 1 | 0.500 (n=7) | 1.000 [" in table
 
@@ -316,7 +316,7 @@ def test_test_front_evaluates_each_front_trial_and_resumes(
 def test_test_front_given_trials_and_limit(multi: optuna.Study, tmp_path: Path) -> None:
     async def run() -> list[dict[str, Any]]:
         async with Orchestrator([FakeBackend(script=_adder)]) as orch:
-            return await results.test_front(
+            return await holdout.test_front(
                 multi,
                 orch,
                 limit=5,
@@ -333,7 +333,7 @@ def test_test_front_given_trials_and_limit(multi: optuna.Study, tmp_path: Path) 
 def test_test_front_refuses_the_dev_split(multi: optuna.Study, tmp_path: Path) -> None:
     async def run() -> None:
         async with Orchestrator([FakeBackend()]) as orch:
-            await results.test_front(multi, orch, split="dev:0.2", out_dir=tmp_path)
+            await holdout.test_front(multi, orch, split="dev:0.2", out_dir=tmp_path)
 
     with pytest.raises(ConfigError, match=r"overlaps the dev split .* held-out split is test:0\.2"):
         asyncio.run(run())

@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 from orchestrator.cli import main
 from orchestrator.config import load_yaml
 from search import results
-from search.cli import worker_argv
+from search.workers import worker_argv
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -1,0 +1,169 @@
+"""Search worker processes: one worker's run (``run_worker``) and W local workers
+(``spawn_workers``).
+
+A worker loads the study, keeps its orchestrator, backends and completion cache on the asyncio
+loop of its main thread, and runs trials through ``search.study.run_in_thread``. ``--workers W``
+starts W copies of the same ``ttc search run`` command with ``--worker-index 1..W``; a worker
+started separately (another machine, a rerun) joins with index 0 and reseeds its sampler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["joiner_seed", "open_cache", "run_worker", "spawn_workers", "study_parts", "worker_argv"]
+
+DEFAULT_OUT = Path("runs/search")
+
+
+def open_cache(url: str | None) -> Any:
+    """The completion cache at ``url`` (None: $TTC_STORE_URL or the default SQLite file)."""
+    from orchestrator.store import CompletionCache
+
+    return CompletionCache(url)
+
+
+def study_parts(args: argparse.Namespace, space: Any, trials: int, n_dev: int) -> Any:
+    from search.objective import rung_sizes
+    from search.pruning import make_pruner
+    from search.study import make_sampler, make_storage
+
+    storage = make_storage(args.storage, heartbeat=args.heartbeat)
+    multi = space.file.objective.mode == "multi"
+    sampler = make_sampler(args.sampler, args.seed + args.worker_index, trials, multi)
+    sizes = rung_sizes(n_dev, space.file.rungs)
+    return storage, sampler, make_pruner(args.pruner, sizes[0], sizes[-1])
+
+
+def run_worker(args: argparse.Namespace, space: Any, problems: list[Any], trials: int) -> int:
+    from orchestrator.cli import stdout_to_stderr
+
+    with stdout_to_stderr():
+        why = asyncio.run(_worker(args, space, problems, trials))
+    print(f"ttc search: worker {args.worker_index} stopped: {why}", file=sys.stderr)
+    if why == "failures":
+        print(
+            "ttc search: trials keep failing (see the errors above: is the backend up?); "
+            "fix that and rerun the same command to continue the study",
+            file=sys.stderr,
+        )
+    if why == "rejections":
+        print(
+            "ttc search: too many compositions were rejected by the budget before any call; "
+            "loosen the space's `budget:` or narrow its ranges (e.g. smaller n or max_tokens)",
+            file=sys.stderr,
+        )
+    return 0 if why in ("done", "timeout") else 3
+
+
+async def _worker(args: argparse.Namespace, space: Any, problems: list[Any], trials: int) -> str:
+    from orchestrator.cli import build_orchestrator
+    from search.objective import Objective
+    from search.progress import TrialPrinter
+    from search.study import StudyPlan, make_sampler, run_in_thread
+
+    storage, sampler, pruner = study_parts(args, space, trials, len(problems))
+    import optuna
+
+    study = optuna.load_study(
+        study_name=args.study, storage=storage, sampler=sampler, pruner=pruner
+    )
+    if args.worker_index == 0 and study.get_trials(deepcopy=False):
+        # Joining a study that has trials (another machine, or a rerun adding trials): a
+        # sampler seeded like the first worker's would replay its compositions.
+        study.sampler = make_sampler(
+            args.sampler,
+            joiner_seed(args.seed, len(study.get_trials(deepcopy=False))),
+            trials,
+            space.file.objective.mode == "multi",
+        )
+    cache = None if args.no_cache else open_cache(args.cache)
+    prefix = f"[w{args.worker_index}] " if args.workers > 1 or args.worker_index else ""
+    printer = TrialPrinter(trials, prefix=prefix)
+    try:
+        async with build_orchestrator(args, cache) as orch:
+            await orch.start()
+            objective = Objective(
+                space,
+                orch,
+                asyncio.get_running_loop(),
+                problems,
+                args.out or DEFAULT_OUT / args.study,
+                concurrency=args.concurrency,
+                seed=args.seed,
+                pruner_on=args.pruner != "none",
+                say=printer.say,
+            )
+            plan = StudyPlan(trials=trials, timeout=args.timeout)
+            return await run_in_thread(study, objective, plan, printer.on_trial)
+    finally:
+        if cache is not None:
+            await cache.aclose()
+
+
+def joiner_seed(seed: int, trials: int) -> int:
+    """A sampler seed for a worker joining a study: differs by host, process and study size."""
+    import hashlib
+    import os
+    import socket
+
+    key = f"{seed}:{socket.gethostname()}:{os.getpid()}:{trials}"
+    return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)
+
+
+def worker_argv(argv: list[str], index: int) -> list[str]:
+    """The argv of worker ``index``: the parent's, with ``--workers`` kept (for the count) and
+    ``--worker-index`` set."""
+    out: list[str] = []
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == "--worker-index":
+            skip = True
+            continue
+        if a.startswith("--worker-index="):
+            continue
+        out.append(a)
+    return [*out, "--worker-index", str(index)]
+
+
+def spawn_workers(args: argparse.Namespace, study: Any, trials: int) -> int:
+    """Start W workers (indices 1..W) as ``ttc`` subprocesses; wait; forward SIGTERM."""
+    argv = worker_argv(list(args.argv), 0)[:-2]
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *worker_argv(argv, i)])
+        for i in range(1, args.workers + 1)
+    ]
+    try:
+        while any(p.poll() is None for p in procs):
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            p.wait()
+        raise
+    codes = [p.returncode for p in procs]
+    print(f"ttc search: workers exited with {codes}", file=sys.stderr)
+    if all(c == 0 for c in codes):
+        return 0
+    from search.study import study_finished
+
+    if study_finished(study, trials):  # a worker died, but the others finished its work
+        print(
+            "ttc search: a worker failed, but the study finished without it (its trial was "
+            "retried)",
+            file=sys.stderr,
+        )
+        return 0
+    return 3
