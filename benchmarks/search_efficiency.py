@@ -13,8 +13,8 @@ accuracy at or under that composition's cost. A search that has not hit it after
 ``--max-trials`` trials counts as that many (and is reported).
 
 Usage: ``python -m benchmarks.search_efficiency [--dataset 'builtin:addition?n=250&digits=2']
-[--split dev:0.4] [--seeds 5]``. Prints a Markdown table and writes
-``benchmarks/results/search_efficiency.json``.
+[--split dev:0.4] [--seeds 5] [--results FILE]``. Prints a Markdown table and writes
+``benchmarks/results/search_efficiency.json`` (or FILE).
 """
 
 from __future__ import annotations
@@ -119,6 +119,7 @@ def main() -> int:
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "bench-search")
     p.add_argument("--study", default="grid-small")
     p.add_argument("--storage", default=None, help="default: WORK/studies.db")
+    p.add_argument("--results", type=Path, default=RESULTS, help=f"default {RESULTS}")
     args = p.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     args.storage = args.storage or f"sqlite:///{(args.work / 'studies.db').resolve()}"
@@ -164,8 +165,8 @@ def main() -> int:
         "rows": rows,
         "table": sorted(([a, c, w] for a, c, w in table.values()), key=lambda r: -r[0]),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(out, indent=2) + "\n")
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(out, indent=2) + "\n")
     print(
         f"grid best: {best_what}: accuracy {best_acc:.3f}, {best_cost:.1f} tokens/query; "
         f"{len(hits)} of {len(table)} compositions within 1 point at or under that cost"
@@ -177,7 +178,7 @@ def main() -> int:
             f"| {r['sampler']} | {r['mean']:.1f} | {r['median']:.1f} | {r['found']}/{r['seeds']}"
             f" | {r['trials']} |"
         )
-    print(f"wrote {RESULTS}", file=sys.stderr)
+    print(f"wrote {args.results}", file=sys.stderr)
     return 0
 
 

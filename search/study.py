@@ -124,7 +124,7 @@ def open_study(
             study.set_user_attr(key, value)
         study.set_user_attr(READY, True)  # last: joiners wait for it, never see half the attrs
         return study
-    have = _wait_ready(study, name)
+    have = _wait_ready(study, name, set(attrs))
     for key in ("space", "dataset", "seed"):
         if have.get(key) != attrs.get(key):
             raise ConfigError(
@@ -138,11 +138,14 @@ READY = "ready"
 """The study attr its creator sets after all the others."""
 
 
-def _wait_ready(study: optuna.Study, name: str, timeout: float = 30.0) -> dict[str, Any]:
+def _wait_ready(
+    study: optuna.Study, name: str, keys: set[str], timeout: float = 30.0
+) -> dict[str, Any]:
+    """The study's attrs once its creator has written them all (``READY``, or every key)."""
     deadline = time.monotonic() + timeout
     while True:
         have = study.user_attrs
-        if have.get(READY):
+        if have.get(READY) or keys <= set(have):
             return have
         if time.monotonic() > deadline:
             raise ConfigError(

@@ -67,7 +67,7 @@ async def _worker(args: argparse.Namespace, space: Any, problems: list[Any], tri
     from orchestrator.cli import build_orchestrator
     from search.objective import Objective
     from search.progress import TrialPrinter
-    from search.study import StudyPlan, make_sampler, run_in_thread
+    from search.study import StudyPlan, make_sampler, run_in_thread, study_finished
 
     storage, sampler, pruner = study_parts(args, space, trials, len(problems))
     import optuna
@@ -75,6 +75,8 @@ async def _worker(args: argparse.Namespace, space: Any, problems: list[Any], tri
     study = optuna.load_study(
         study_name=args.study, storage=storage, sampler=sampler, pruner=pruner
     )
+    if study_finished(study, trials):
+        return "done"  # nothing to run: do not start the backends (a vLLM engine takes ~40 s)
     if args.worker_index == 0 and study.get_trials(deepcopy=False):
         # Joining a study that has trials (another machine, or a rerun adding trials): a
         # sampler seeded like the first worker's would replay its compositions.
