@@ -158,7 +158,6 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         spec = self.space.compose(trial)
-        label = f"trial-{trial.number}"
         for key in RESET_ATTRS:
             trial.set_user_attr(key, None)  # a retried trial inherits its original's attrs
         trial.set_user_attr("spec", spec)
@@ -171,7 +170,7 @@ class Objective:
             trial.set_user_attr("interrupted", True)
             trial.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
             trial.study.stop()
-            self.say(f"{label}: interrupted; queued again for the next `ttc search run`")
+            self.say(f"trial {trial.number}: interrupted; queued again for the next run")
             raise
         attrs = trial.user_attrs
         constrain(trial, attrs["constraints"])

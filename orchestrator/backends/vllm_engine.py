@@ -25,6 +25,7 @@ uses this backend needs the ``if __name__ == "__main__":`` guard.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -155,6 +156,14 @@ class VLLMEngineBackend(Backend):
         async with self._lock:
             engine, self._engine = self._engine, None
         if engine is not None:
+            # vLLM's shutdown stops the engine core before it cancels the output handler, which
+            # then logs an EngineDeadError traceback; cancel the handler (a task on this loop)
+            # first so that a normal close is quiet.
+            handler = getattr(engine, "output_handler", None)
+            if isinstance(handler, asyncio.Task) and not handler.done():
+                handler.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await handler
             await asyncio.to_thread(engine.shutdown)
             # On CPU the engine core outlives vLLM's 5 s grace period (its worker takes ~4 s to
             # exit) and is SIGKILLed without being reaped; let it die, then reap the zombie

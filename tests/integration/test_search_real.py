@@ -71,6 +71,7 @@ def test_search_on_the_embedded_model(embedded_model_dir: Path, tmp_path: Path) 
     done = [int(m) for m in re.findall(r"trial \d+ \[(\d+)/20 evaluated", run.stderr)]
     assert done and max(done) >= 20, run.stderr[-3000:]
     assert "| Trial | Dev accuracy |" in run.stdout
+    assert "EngineDeadError" not in run.stderr  # the engine closes quietly
 
     study = optuna.load_study(study_name="e2e", storage=storage)
     trials = study.get_trials()
