@@ -6,7 +6,10 @@ per-attempt timeouts and retries (see ``_retry``). Chat requests go to ``/chat/c
 raw prompts to the legacy ``/completions``. A server that returns fewer choices than ``n`` is
 topped up with further requests; without ``native_n`` the backend sends ``n`` requests of
 ``n=1`` concurrently. Top-up and fan-out requests shift ``seed`` by the index of their first
-sample, so a seeded request stays reproducible without repeating samples.
+sample, so a seeded request stays reproducible without repeating samples. When a top-up or some
+of the fan-out requests fail after others succeeded, the call returns what it got (fewer than
+``n``, as the ``Backend`` contract allows), so those tokens are charged and those samples kept;
+it raises only when nothing came back.
 
 ``server`` selects protocol extras: ``vllm`` enables prefix continuation
 (``continue_final_message``); ``openai`` sends ``max_completion_tokens`` instead of
@@ -121,8 +124,9 @@ class OpenAICompatBackend(Backend):
             CapabilityError: the request needs logprobs, top_logprobs or prefix continuation
                 beyond ``capabilities``.
             BackendRequestError: the server rejected the request (4xx other than 429).
-            BackendTimeout | BackendUnavailable | BackendProtocolError: after all retries; also
-                BackendProtocolError when a top-up request returns no choices.
+            BackendTimeout | BackendUnavailable | BackendProtocolError: after all retries, when
+                no request of the call succeeded; also BackendProtocolError when the server
+                returns no choices at all.
         """
         self._check_capabilities(request)
         if self.capabilities.native_n:
@@ -161,40 +165,59 @@ class OpenAICompatBackend(Backend):
     # -- one generate call ---------------------------------------------------------------------
 
     async def _collect(self, request: GenerationRequest) -> list[Batch]:
-        """One request with ``n``, then top-ups for the choices the server left out."""
+        """One request with ``n``, then top-ups for the choices the server left out.
+
+        A failed or empty top-up ends the call with the batches already received.
+        """
         batches: list[Batch] = []
         got = 0
         while got < request.n:
-            batch = await self._request(request, n=request.n - got, offset=got)
-            if not batch.candidates:
-                raise BackendProtocolError(
-                    f"{self._context(request)}: server returned no choices for n="
-                    f"{request.n - got} ({got} of {request.n} collected)",
-                    backend=self.name,
+            try:
+                batch = await self._request(request, n=request.n - got, offset=got)
+                if not batch.candidates:
+                    raise BackendProtocolError(
+                        f"{self._context(request)}: server returned no choices for n="
+                        f"{request.n - got} ({got} of {request.n} collected)",
+                        backend=self.name,
+                    )
+            except BackendError as exc:
+                if not batches:
+                    raise
+                log.warning(
+                    "%s: top-up failed; returning %d of %d: %s", self.name, got, request.n, exc
                 )
+                break
             batches.append(batch)
             got += len(batch.candidates)
         return batches
 
     async def _fan_out(self, request: GenerationRequest) -> list[Batch]:
-        """``n`` concurrent requests of ``n=1``; the first failure cancels the rest."""
-        error: BackendError | None = None
-        try:
-            async with asyncio.TaskGroup() as group:
-                tasks = [
-                    group.create_task(self._request(request, n=1, offset=i))
-                    for i in range(request.n)
-                ]
-        except BaseExceptionGroup as failed:
-            error = next((e for e in failed.exceptions if isinstance(e, BackendError)), None)
-            if error is None:
-                raise
-        if error is not None:
-            raise error  # the first backend failure, with its own cause chain
-        batches = [task.result() for task in tasks]
-        if any(not b.candidates for b in batches):
+        """``n`` concurrent requests of ``n=1``; the ones that succeed are returned.
+
+        Raises the first backend failure when none succeeded.
+        """
+        results = await asyncio.gather(
+            *(self._request(request, n=1, offset=i) for i in range(request.n)),
+            return_exceptions=True,
+        )
+        batches = [r for r in results if isinstance(r, Batch) and r.candidates]
+        errors = [r for r in results if isinstance(r, BaseException)]
+        unexpected = [e for e in errors if not isinstance(e, BackendError)]
+        if unexpected:
+            raise unexpected[0]  # a bug or a cancellation, not a backend failure
+        if not batches:
+            if errors:
+                raise errors[0]  # the first backend failure, with its own cause chain
             raise BackendProtocolError(
                 f"{self._context(request)}: server returned no choices for n=1", backend=self.name
+            )
+        if len(batches) < request.n:
+            log.warning(
+                "%s: %d of %d requests failed; returning the rest: %s",
+                self.name,
+                request.n - len(batches),
+                request.n,
+                errors[0] if errors else "empty",
             )
         return batches
 

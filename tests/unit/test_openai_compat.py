@@ -142,11 +142,38 @@ async def test_short_n_is_topped_up_with_shifted_seeds(server: FakeOpenAIServer)
 
 
 async def test_zero_choices_raises_protocol_error(server: FakeOpenAIServer) -> None:
-    server.script(Fault.short_n(1), Fault.short_n(0))
+    server.script(Fault.short_n(0))
     async with backend_for(server) as backend:
         with pytest.raises(BackendProtocolError, match="no choices"):
             await backend.generate(chat(n=3))
+    assert server.count() == 1
+
+
+async def test_empty_top_up_returns_what_came_back(server: FakeOpenAIServer) -> None:
+    server.script(Fault.short_n(1), Fault.short_n(0))
+    async with backend_for(server) as backend:
+        gen = await backend.generate(chat(n=3))
+    assert len(gen.candidates) == 1 and gen.calls == 1
     assert server.count() == 2
+
+
+async def test_failed_top_up_keeps_and_charges_the_first_batch(server: FakeOpenAIServer) -> None:
+    """The tokens of the request that succeeded are reported (so the budget is charged for
+    them) and its samples kept, instead of both being lost with the top-up's error."""
+    server.script(Fault.short_n(2), Fault.bad_request("top-up refused"))
+    async with backend_for(server) as backend:
+        gen = await backend.generate(chat(n=5))
+    assert len(gen.candidates) == 2 and gen.calls == 1
+    assert gen.prompt_tokens > 0 and gen.completion_tokens == sum(c.tokens for c in gen.candidates)
+
+
+async def test_fan_out_returns_the_requests_that_succeeded(server: FakeOpenAIServer) -> None:
+    server.script(Fault.bad_request("one refused"))
+    caps = Capabilities(native_n=False)
+    async with backend_for(server, capabilities=caps) as backend:
+        gen = await backend.generate(chat(n=4))
+    assert len(gen.candidates) == 3 and gen.calls == 3
+    assert server.count() == 4
 
 
 async def test_without_native_n_sends_n_requests_of_one(server: FakeOpenAIServer) -> None:
@@ -347,7 +374,7 @@ async def test_openai_server_sends_max_completion_tokens_in_chat(
 
 
 async def test_fan_out_failure_raises_the_backend_error(server: FakeOpenAIServer) -> None:
-    server.script(Fault.bad_request("no such model"))
+    server.script(*[Fault.bad_request("no such model")] * 3)
     caps = Capabilities(native_n=False)
     async with backend_for(server, capabilities=caps) as backend:
         with pytest.raises(BackendRequestError, match="no such model") as info:
