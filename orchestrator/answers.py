@@ -37,6 +37,8 @@ _MAX_VERIFY_CHARS = 500
 _REL_TOL = 1e-6
 
 _BOXED_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
+_PROSE_WORD_RE = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{3,}")
+"""A word of three or more letters that is not a LaTeX command (``\\frac``, ``\\text``)."""
 _ANSWER_IS_RE = re.compile(r"\b(?:final\s+answer|answer)\b\s*(?:is\b|:)", re.IGNORECASE)
 _NUMBER_RE = re.compile(
     r"(?<![\w.])-?(?:(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|\.\d+)(?:/\d+(?![\d.]))?"
@@ -134,7 +136,11 @@ def _clean_answer_tail(tail: str) -> str | None:
         if stripped == line:
             break
         line = stripped
-    return _unwrap_math(line) or None
+    answer = _unwrap_math(line)
+    if _PROSE_WORD_RE.search(answer) and (numbers := _NUMBER_RE.findall(answer)):
+        # "the answer is always 37", "the answer is 37 apples": the number is the answer
+        return numbers[0].replace(",", "")
+    return answer or None
 
 
 def _extract_answer_is(text: str) -> str | None:

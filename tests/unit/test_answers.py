@@ -80,6 +80,12 @@ def test_extract_gsm8k(text: str, expected: str | None) -> None:
         ("The answer is **15**.", "15"),
         ("Final Answer: The final answer is $\\frac{3}{4}$. I hope it is correct.", r"\frac{3}{4}"),
         ("The answer is 1. Wait, no. The answer is 2.", "2"),
+        ("The answer is always 37.", "37"),  # prose around one number: the number
+        ("The answer is 1,234 dollars", "1234"),
+        ("The answer is 5 \\text{ apples}", "5"),
+        ("The answer is yes.", "yes"),  # no number: the words are the answer
+        ("The answer is x = 5", "x = 5"),  # math, not prose
+        ("The answer is \\sqrt{2}", "\\sqrt{2}"),  # LaTeX commands are not prose
         ("nothing to see", None),
     ],
 )
