@@ -9,14 +9,11 @@ as the matching ``BackendError`` subclass, chained (``raise ... from``) to the t
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import json
 import logging
 import random
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC
 from typing import Literal, TypeVar
 
 import openai
@@ -29,6 +26,7 @@ from orchestrator.errors import (
     BackendTimeout,
     BackendUnavailable,
 )
+from orchestrator.sdk.errors import parse_retry_after as retry_after_value
 
 log = logging.getLogger(__name__)
 
@@ -101,20 +99,7 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
             return max(float(millis) / 1000.0, 0.0)
         except ValueError:
             pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(when.timestamp() - (time.time() if now is None else now), 0.0)
+    return retry_after_value(headers.get("retry-after"), now)
 
 
 def server_message(exc: openai.APIStatusError) -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import email.utils
 import time
+from datetime import UTC
 from typing import Any
 
 import httpx
@@ -133,7 +134,10 @@ _DEFAULT_TYPE = {
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a Retry-After value (delta-seconds or an HTTP date), or None."""
+    """Seconds to wait from a Retry-After value (delta-seconds or an HTTP date), or None.
+
+    The one parser of the value: the SDK and the HTTP backends' retries both use it.
+    """
     if not value:
         return None
     value = value.strip()
@@ -145,8 +149,8 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
-    if when.tzinfo is None:
-        return None
+    if when.tzinfo is None:  # "-0000": UTC without a stated local zone (RFC 5322)
+        when = when.replace(tzinfo=UTC)
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
