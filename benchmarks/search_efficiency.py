@@ -94,7 +94,7 @@ def trials_to_hit(
     from search.study import make_sampler
 
     space = load_space(SPACE)
-    sampler = make_sampler(sampler_name, seed, len(table), multi=True)
+    sampler = make_sampler(sampler_name, seed, len(table))
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
     best_acc, best_cost = target
     for i in range(1, max_trials + 1):

@@ -256,7 +256,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.workers > 1 and args.worker_index == 0:
         code = spawn_workers(args, study, trials)
     else:
-        code = run_worker(args, space, problems, trials)
+        code = run_worker(args, study, space, problems, trials)
     if args.worker_index == 0:
         from search import results
 

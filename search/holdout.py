@@ -18,9 +18,9 @@ from orchestrator.budget import Budget
 from orchestrator.datasets import FIELD_MAPPING_KEYS, load_dataset
 from orchestrator.errors import ConfigError
 from orchestrator.evaluation.runner import EvalRunner, EvalTarget
-from orchestrator.evaluation.summary import Summary
 from orchestrator.runner import Orchestrator
 from orchestrator.types import Problem
+from search.objective import summary_cost
 from search.results import (
     _accuracy,
     _cell,
@@ -35,14 +35,6 @@ from search.results import (
 )
 
 __all__ = ["dev_test_table", "test_front"]
-
-
-def _summary_cost(s: Summary, unit: str) -> float:
-    if unit == "completion_tokens":
-        return s.completion_tokens_mean
-    if unit == "total_tokens":
-        return s.completion_tokens_mean + s.prompt_tokens_mean
-    return s.cost_usd_mean if unit == "usd" else s.calls_mean
 
 
 async def test_front(
@@ -101,7 +93,7 @@ async def test_front(
             "test_accuracy": s.accuracy,
             "test_ci": [s.ci_low, s.ci_high],
             "test_problems": s.problems,
-            "test_cost": _summary_cost(s, unit),
+            "test_cost": summary_cost(s, unit),
             "cost_unit": unit,
             "failed": len(run.failed),
         }

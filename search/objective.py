@@ -42,7 +42,7 @@ from search.estimate import CostEstimate, estimate_cost, over_budget, spend_rati
 from search.pruning import stop_multi
 from search.space import Space
 
-__all__ = ["Objective", "SearchInterrupted", "one_line", "rung_order"]
+__all__ = ["Objective", "SearchInterrupted", "one_line", "rung_order", "summary_cost"]
 
 T = TypeVar("T")
 
@@ -82,6 +82,18 @@ def one_line(spec: dict[str, Any]) -> str:
             value = ",".join(f"{k}={v}" for k, v in value.items())
         parts.append(f"{key}={value}")
     return f"{spec.get('strategy')}({', '.join(parts)})"
+
+
+def summary_cost(s: Summary, measure: str) -> float:
+    """Mean cost per query of an evaluation in the study's measure (``completion_tokens``,
+    ``total_tokens``, ``usd`` or ``calls``)."""
+    if measure == "completion_tokens":
+        return s.completion_tokens_mean
+    if measure == "total_tokens":
+        return s.completion_tokens_mean + s.prompt_tokens_mean
+    if measure == "usd":
+        return s.cost_usd_mean
+    return s.calls_mean
 
 
 def rung_order(problems: list[Problem], seed: int) -> list[Problem]:
@@ -262,14 +274,7 @@ class Objective:
         return stop_multi(trial.study, trial.number, i, rung["accuracy"], rung["cost"])
 
     def _cost(self, s: Summary) -> float:
-        measure = self.space.file.objective.cost
-        if measure == "completion_tokens":
-            return s.completion_tokens_mean
-        if measure == "total_tokens":
-            return s.completion_tokens_mean + s.prompt_tokens_mean
-        if measure == "usd":
-            return s.cost_usd_mean
-        return s.calls_mean
+        return summary_cost(s, self.space.file.objective.cost)
 
     def _record(
         self, trial: optuna.Trial, s: Summary, est: CostEstimate | None, rungs: list[dict[str, Any]]

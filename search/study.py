@@ -71,9 +71,7 @@ def make_storage(url: str, heartbeat: int = 10, max_retry: int = 2) -> RDBStorag
         raise ConfigError(f"cannot open study storage {url!r}: {exc}") from None
 
 
-def make_sampler(
-    name: str, seed: int | None, trials: int, multi: bool
-) -> optuna.samplers.BaseSampler:
+def make_sampler(name: str, seed: int | None, trials: int) -> optuna.samplers.BaseSampler:
     """The sampler for ``--sampler``. TPE and NSGA-II read the trials' budget constraints
     (``Trial.set_constraint``) and prefer feasible compositions."""
     if name == "tpe":

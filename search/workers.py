@@ -36,17 +36,20 @@ def study_parts(args: argparse.Namespace, space: Any, trials: int, n_dev: int) -
     from search.study import make_sampler, make_storage
 
     storage = make_storage(args.storage, heartbeat=args.heartbeat)
-    multi = space.file.objective.mode == "multi"
-    sampler = make_sampler(args.sampler, args.seed + args.worker_index, trials, multi)
+    sampler = make_sampler(args.sampler, args.seed + args.worker_index, trials)
     sizes = rung_sizes(n_dev, space.file.rungs)
     return storage, sampler, make_pruner(args.pruner, sizes[0], sizes[-1])
 
 
-def run_worker(args: argparse.Namespace, space: Any, problems: list[Any], trials: int) -> int:
+def run_worker(
+    args: argparse.Namespace, study: Any, space: Any, problems: list[Any], trials: int
+) -> int:
+    """Run trials of ``study`` (opened by ``ttc search run``) in this process until it is done;
+    the exit code (0 done or timed out, 3 interrupted or given up)."""
     from orchestrator.cli import stdout_to_stderr
 
     with stdout_to_stderr():
-        why = asyncio.run(_worker(args, space, problems, trials))
+        why = asyncio.run(_worker(args, study, space, problems, trials))
     print(f"ttc search: worker {args.worker_index} stopped: {why}", file=sys.stderr)
     if why == "failures":
         print(
@@ -63,29 +66,21 @@ def run_worker(args: argparse.Namespace, space: Any, problems: list[Any], trials
     return 0 if why in ("done", "timeout") else 3
 
 
-async def _worker(args: argparse.Namespace, space: Any, problems: list[Any], trials: int) -> str:
+async def _worker(
+    args: argparse.Namespace, study: Any, space: Any, problems: list[Any], trials: int
+) -> str:
     from orchestrator.cli import build_orchestrator
     from search.objective import Objective
     from search.progress import TrialPrinter
     from search.study import StudyPlan, make_sampler, run_in_thread, study_finished
 
-    storage, sampler, pruner = study_parts(args, space, trials, len(problems))
-    import optuna
-
-    study = optuna.load_study(
-        study_name=args.study, storage=storage, sampler=sampler, pruner=pruner
-    )
     if study_finished(study, trials):
         return "done"  # nothing to run: do not start the backends (a vLLM engine takes ~40 s)
-    if args.worker_index == 0 and study.get_trials(deepcopy=False):
+    existing = len(study.get_trials(deepcopy=False))
+    if args.worker_index == 0 and existing:
         # Joining a study that has trials (another machine, or a rerun adding trials): a
         # sampler seeded like the first worker's would replay its compositions.
-        study.sampler = make_sampler(
-            args.sampler,
-            joiner_seed(args.seed, len(study.get_trials(deepcopy=False))),
-            trials,
-            space.file.objective.mode == "multi",
-        )
+        study.sampler = make_sampler(args.sampler, joiner_seed(args.seed, existing), trials)
     cache = None if args.no_cache else open_cache(args.cache)
     prefix = f"[w{args.worker_index}] " if args.workers > 1 or args.worker_index else ""
     printer = TrialPrinter(trials, prefix=prefix)
