@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.datasets import load_dataset
+from orchestrator.evaluation.harness import EvalRunner, EvalTarget
 from orchestrator.evaluation.report import coverage_table, plot_coverage
-from orchestrator.evaluation.runner import EvalRunner, EvalTarget
 from orchestrator.evaluation.summary import Summary
 from orchestrator.runner import Orchestrator
 from orchestrator.store import CompletionCache

@@ -81,8 +81,8 @@ def table(rows: list[dict[str, Any]]) -> str:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     from orchestrator.backends.vllm_engine import embedded_backend
     from orchestrator.datasets import load_dataset
+    from orchestrator.evaluation.harness import EvalRunner, EvalTarget
     from orchestrator.evaluation.report import plot_accuracy_vs_tokens
-    from orchestrator.evaluation.runner import EvalRunner, EvalTarget
     from orchestrator.runner import Orchestrator
     from orchestrator.store import CompletionCache
 

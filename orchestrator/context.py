@@ -22,17 +22,14 @@ import logging
 import random
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
 from orchestrator.answers import extract_answer
 from orchestrator.backends.base import Backend, Generation, GenerationRequest
 from orchestrator.budget import BudgetMeter
 from orchestrator.errors import RegistryError
+from orchestrator.store.cache import CachedSample, CompletionCache, cache_key
 from orchestrator.trace import Trace
 from orchestrator.types import Candidate, Problem, Usage
-
-if TYPE_CHECKING:
-    from orchestrator.store.cache import CompletionCache
 
 log = logging.getLogger(__name__)
 
@@ -164,8 +161,6 @@ class RunContext:
         cache = self.cache
         if cache is None:
             return await b.generate(request)
-        from orchestrator.store.cache import CachedSample, cache_key
-
         key = cache_key(b.model, request)
         start = self._sample_offsets.get(key, 0)
         self._sample_offsets[key] = start + request.n

@@ -16,39 +16,87 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.backends.base import Backend, Generation, GenerationRequest
 from orchestrator.budget import Budget
 from orchestrator.runner import Orchestrator
-from orchestrator.testing.fake_backend import FakeBackend
-from orchestrator.types import Problem
+from orchestrator.types import Candidate, Problem, TokenLogprob
 
-__all__ = ["CostEstimate", "ProbeBackend", "estimate_cost", "over_budget"]
+__all__ = ["CostEstimate", "ProbeBackend", "ProbeSet", "estimate_cost", "over_budget"]
 
 
-class ProbeBackend(FakeBackend):
-    """A FakeBackend impersonating ``real``: fixed-length completions, all answers different."""
+class ProbeBackend(Backend):
+    """A stand-in for ``real`` (same name, model, capabilities and pricing) that answers at once
+    with completions of ``tokens_per_sample`` words and a different answer every time."""
+
+    kind = "probe"
 
     def __init__(self, real: Backend, tokens_per_sample: int) -> None:
+        super().__init__(real.name, real.model, real.capabilities, real.pricing)
         self.tokens_per_sample = tokens_per_sample
-        super().__init__(
-            real.name,
-            real.model,
-            script=self._text,
-            capabilities=real.capabilities,
-            pricing=real.pricing,
-        )
+        self._served = 0
 
-    def _text(self, request: GenerationRequest, index: int) -> str:
+    def _text(self, index: int) -> str:
         tail = f"The answer is \\boxed{{{index + 1}}}.".split(" ")
         filler = max(0, self.tokens_per_sample - len(tail))
         return " ".join(["step"] * filler + tail[-self.tokens_per_sample :])
 
+    def _candidate(self, request: GenerationRequest, index: int) -> Candidate:
+        full = self._text(index).split(" ")
+        words = full[: request.max_tokens]
+        logprobs = None
+        if request.logprobs:
+            top = request.top_logprobs
+            logprobs = [
+                TokenLogprob(token=w, logprob=-0.5, top={w: -0.5, "Yes": -1.5, "No": -2.5})
+                if top
+                else TokenLogprob(token=w, logprob=-0.5)
+                for w in words
+            ]
+        return Candidate(
+            text=" ".join(words),
+            tokens=len(words),
+            logprobs=logprobs,
+            finish_reason="length" if len(words) < len(full) else "stop",
+            model=self.model,
+            backend=self.name,
+        )
+
     async def generate(self, request: GenerationRequest) -> Generation:
-        out = await super().generate(request)
-        return out.model_copy(update={"prompt_tokens": prompt_tokens(request)})
+        start, self._served = self._served, self._served + request.n
+        cands = [self._candidate(request, start + i) for i in range(request.n)]
+        return Generation(
+            candidates=cands,
+            prompt_tokens=prompt_tokens(request),
+            completion_tokens=sum(c.tokens for c in cands),
+        )
+
+
+class ProbeSet(Mapping[str, Backend]):
+    """Probes for the backends of ``real``, each made when first looked up (so a declared
+    backend that the composition does not use is not built)."""
+
+    def __init__(self, real: Mapping[str, Backend], tokens_per_sample: int) -> None:
+        self.real = real
+        self.tokens_per_sample = tokens_per_sample
+        self._probes: dict[str, ProbeBackend] = {}
+
+    def __getitem__(self, name: str) -> Backend:
+        if name not in self._probes:
+            self._probes[name] = ProbeBackend(self.real[name], self.tokens_per_sample)
+        return self._probes[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.real)
+
+    def __len__(self) -> int:
+        return len(self.real)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.real
 
 
 def prompt_tokens(request: GenerationRequest) -> int:
@@ -90,15 +138,16 @@ async def estimate_cost(
 ) -> CostEstimate:
     """Dry-run ``spec`` on ``problems`` with probes standing in for ``orch``'s backends.
 
-    The real backends are neither started nor called. Raises ConfigError / CapabilityError
-    when the composition does not fit its backends (as a real run would, before any call),
-    and TimeoutError when the dry run takes longer than ``timeout`` seconds (a verifier that
+    The real backends are neither started nor called (one whose capabilities depend on its
+    server is probed first, as a real run would). Raises ConfigError / CapabilityError when
+    the composition does not fit its backends (as a real run would, before any call), and
+    TimeoutError when the dry run takes longer than ``timeout`` seconds (a verifier that
     calls its own service, such as a reward model, is called for real).
     """
     max_tokens = int(spec.get("max_tokens") or tokens_per_sample)
     length = max(1, min(tokens_per_sample, max_tokens))
-    probes = {name: ProbeBackend(b, length) for name, b in orch.backends.items()}
-    dry = Orchestrator(probes, orch.default_backend)
+    await orch.check(spec)
+    dry = Orchestrator(ProbeSet(orch.backends, length), orch.default_backend)
     worst = {"calls": 0.0, "prompt_tokens": 0.0, "completion_tokens": 0.0, "usd": 0.0}
     async with asyncio.timeout(timeout):
         for problem in problems:

@@ -17,7 +17,7 @@ from optuna.trial import FrozenTrial
 from orchestrator.budget import Budget
 from orchestrator.datasets import FIELD_MAPPING_KEYS, load_dataset
 from orchestrator.errors import ConfigError
-from orchestrator.evaluation.runner import EvalRunner, EvalTarget
+from orchestrator.evaluation.harness import EvalRunner, EvalTarget
 from orchestrator.runner import Orchestrator
 from orchestrator.types import Problem
 from search.objective import summary_cost

@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 import optuna
 
 from orchestrator.errors import CapabilityError, ConfigError, RegistryError
-from orchestrator.evaluation.runner import EvalRunner, EvalTarget
+from orchestrator.evaluation.harness import EvalRunner, EvalTarget
 from orchestrator.evaluation.summary import Summary
 from orchestrator.runner import Orchestrator
 from orchestrator.types import Problem

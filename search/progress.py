@@ -10,6 +10,8 @@ from typing import TextIO
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from search.study import evaluated
+
 __all__ = ["TrialPrinter"]
 
 
@@ -33,8 +35,6 @@ class TrialPrinter:
 
     def on_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         """Describe a finished trial and the study's progress."""
-        from search.study import evaluated
-
         done = sum(evaluated(t) for t in study.get_trials(deepcopy=False))
         a = trial.user_attrs
         what = a.get("composition", trial.params)

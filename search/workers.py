@@ -11,30 +11,41 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
+import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
-__all__ = ["joiner_seed", "open_cache", "run_worker", "spawn_workers", "study_parts", "worker_argv"]
+import optuna
+
+from orchestrator.runner import Orchestrator
+from orchestrator.store.cache import CompletionCache
+from orchestrator.types import Problem
+from search.objective import Objective, rung_sizes
+from search.progress import TrialPrinter
+from search.pruning import make_pruner
+from search.space import Space
+from search.study import (
+    StudyPlan,
+    make_sampler,
+    make_storage,
+    run_in_thread,
+    study_finished,
+)
+
+__all__ = ["joiner_seed", "run_worker", "spawn_workers", "study_parts", "worker_argv"]
 
 DEFAULT_OUT = Path("runs/search")
 
 
-def open_cache(url: str | None) -> Any:
-    """The completion cache at ``url`` (None: $TTC_STORE_URL or the default SQLite file)."""
-    from orchestrator.store import CompletionCache
-
-    return CompletionCache(url)
-
-
-def study_parts(args: argparse.Namespace, space: Any, trials: int, n_dev: int) -> Any:
-    from search.objective import rung_sizes
-    from search.pruning import make_pruner
-    from search.study import make_sampler, make_storage
-
+def study_parts(
+    args: argparse.Namespace, space: Space, trials: int, n_dev: int
+) -> tuple[optuna.storages.RDBStorage, optuna.samplers.BaseSampler, optuna.pruners.BasePruner]:
+    """The study's storage, this worker's sampler and the pruner, from the command line."""
     storage = make_storage(args.storage, heartbeat=args.heartbeat)
     sampler = make_sampler(args.sampler, args.seed + args.worker_index, trials)
     sizes = rung_sizes(n_dev, space.file.rungs)
@@ -42,14 +53,15 @@ def study_parts(args: argparse.Namespace, space: Any, trials: int, n_dev: int) -
 
 
 def run_worker(
-    args: argparse.Namespace, study: Any, space: Any, problems: list[Any], trials: int
+    args: argparse.Namespace,
+    study: optuna.Study,
+    space: Space,
+    problems: list[Problem],
+    trials: int,
 ) -> int:
     """Run trials of ``study`` (opened by ``ttc search run``) in this process until it is done;
     the exit code (0 done or timed out, 3 interrupted or given up)."""
-    from orchestrator.cli import stdout_to_stderr
-
-    with stdout_to_stderr():
-        why = asyncio.run(_worker(args, study, space, problems, trials))
+    why = asyncio.run(_worker(args, study, space, problems, trials))
     print(f"ttc search: worker {args.worker_index} stopped: {why}", file=sys.stderr)
     if why == "failures":
         print(
@@ -67,13 +79,12 @@ def run_worker(
 
 
 async def _worker(
-    args: argparse.Namespace, study: Any, space: Any, problems: list[Any], trials: int
+    args: argparse.Namespace,
+    study: optuna.Study,
+    space: Space,
+    problems: list[Problem],
+    trials: int,
 ) -> str:
-    from orchestrator.cli import build_orchestrator
-    from search.objective import Objective
-    from search.progress import TrialPrinter
-    from search.study import StudyPlan, make_sampler, run_in_thread, study_finished
-
     if study_finished(study, trials):
         return "done"  # nothing to run: do not start the backends (a vLLM engine takes ~40 s)
     existing = len(study.get_trials(deepcopy=False))
@@ -81,12 +92,14 @@ async def _worker(
         # Joining a study that has trials (another machine, or a rerun adding trials): a
         # sampler seeded like the first worker's would replay its compositions.
         study.sampler = make_sampler(args.sampler, joiner_seed(args.seed, existing), trials)
-    cache = None if args.no_cache else open_cache(args.cache)
+    cache = None if args.no_cache else CompletionCache(args.cache)
     prefix = f"[w{args.worker_index}] " if args.workers > 1 or args.worker_index else ""
     printer = TrialPrinter(trials, prefix=prefix)
     try:
-        async with build_orchestrator(args, cache) as orch:
-            await orch.start()
+        orch = Orchestrator.from_config(
+            args.backends, default_backend=args.backend, model=args.model, cache=cache
+        )
+        async with orch:
             objective = Objective(
                 space,
                 orch,
@@ -107,10 +120,6 @@ async def _worker(
 
 def joiner_seed(seed: int, trials: int) -> int:
     """A sampler seed for a worker joining a study: differs by host, process and study size."""
-    import hashlib
-    import os
-    import socket
-
     key = f"{seed}:{socket.gethostname()}:{os.getpid()}:{trials}"
     return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)
 
@@ -133,7 +142,7 @@ def worker_argv(argv: list[str], index: int) -> list[str]:
     return [*out, "--worker-index", str(index)]
 
 
-def spawn_workers(args: argparse.Namespace, study: Any, trials: int) -> int:
+def spawn_workers(args: argparse.Namespace, study: optuna.Study, trials: int) -> int:
     """Start W workers (indices 1..W) as ``ttc`` subprocesses; wait; forward SIGTERM."""
     argv = worker_argv(list(args.argv), 0)[:-2]
     procs = [
@@ -154,8 +163,6 @@ def spawn_workers(args: argparse.Namespace, study: Any, trials: int) -> int:
     print(f"ttc search: workers exited with {codes}", file=sys.stderr)
     if all(c == 0 for c in codes):
         return 0
-    from search.study import study_finished
-
     if study_finished(study, trials):  # a worker died, but the others finished its work
         print(
             "ttc search: a worker failed, but the study finished without it (its trial was "

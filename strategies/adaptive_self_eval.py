@@ -145,7 +145,7 @@ class AdaptiveSelfEval(Strategy):
             top_logprobs=cfg.top_logprobs,
         )
 
-    def needs(self) -> Capabilities:
+    def backend_needs(self) -> Capabilities:
         """The probe's logprobs and top_logprobs; prefix continuation in ``prune`` mode."""
         cfg = self.config
         return Capabilities(

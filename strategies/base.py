@@ -87,7 +87,7 @@ class Strategy(abc.ABC):
 
     name: ClassVar[str] = ""
     Config: ClassVar[type[StrategyConfig]] = StrategyConfig
-    #: Backend capabilities this strategy always needs.
+    #: Backend capabilities this strategy always needs (the static part of ``backend_needs``).
     requires: ClassVar[Capabilities] = Capabilities()
 
     def __init__(self, config: StrategyConfig | dict[str, Any] | None = None, **kwargs: Any):
@@ -124,8 +124,9 @@ class Strategy(abc.ABC):
         for child in self.children():
             await child.aclose()
 
-    def needs(self) -> Capabilities:
-        """Capabilities this node needs from its own backend (may depend on the config)."""
+    def backend_needs(self) -> Capabilities:
+        """What this node's own backend must offer (may depend on the config), as a verifier's
+        ``backend_needs`` is what the backends it calls itself must offer."""
         return self.requires
 
     def backend_name(self) -> str | None:
@@ -135,7 +136,7 @@ class Strategy(abc.ABC):
     def check(self, resolve: Callable[[str | None], Backend]) -> None:
         """Raise CapabilityError when this node or a descendant needs what its backend lacks."""
         backend = resolve(self.backend_name())
-        missing = backend.capabilities.missing(self.needs())
+        missing = backend.capabilities.missing(self.backend_needs())
         if missing:
             raise CapabilityError(
                 f"strategy {self.name!r} needs backend capabilities {', '.join(missing)}, "

@@ -34,14 +34,14 @@ class BestOfN(NSamplesStrategy):
         super().__init__(config, **kwargs)
         self.verifier = build_verifier(self.config.verifier)
 
-    def needs(self) -> Capabilities:
-        return self.requires if self.inner is not None else self.verifier.needs
+    def backend_needs(self) -> Capabilities:
+        return self.requires if self.inner is not None else self.verifier.candidate_needs
 
     def verifiers(self) -> list[Any]:
         return [self.verifier]
 
     def wants_logprobs(self) -> bool:
-        return self.verifier.needs.logprobs
+        return self.verifier.candidate_needs.logprobs
 
     async def run(self, problem: Problem, ctx: RunContext) -> Result:
         got = await self.collect(problem, ctx)

@@ -14,7 +14,7 @@ equation", ...), optionally each with a *persona*, and take a majority vote of t
   in one approach can carry over to the next.
 
 Approaches: ``approaches`` (a list), else ``approaches_file`` (YAML written by ``ttc approaches``,
-see ``orchestrator.approaches``), else ``MATH_APPROACHES`` (a module constant, equal to
+see ``strategies.div_se_approaches``), else ``MATH_APPROACHES`` (a module constant, equal to
 configs/approaches/math.yaml, so the default does not depend on the working directory). The first
 ``k`` are used (default 5; the paper keeps 3-5). ``personas`` are paired with the approaches in
 turn (approach i gets persona i mod len(personas)). Each prompt ends with an answer instruction
@@ -38,11 +38,11 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from orchestrator.answers import extract_answer
-from orchestrator.approaches import MATH_APPROACHES, load_approaches
 from orchestrator.context import RunContext
 from orchestrator.registry import strategies
 from orchestrator.types import Candidate, Problem, Result, ScoredCandidate
 from strategies.base import SamplingConfig, Strategy, StrategySpec, build_strategy
+from strategies.div_se_approaches import MATH_APPROACHES, load_approaches
 from strategies.sampling import Collected, base_details, result_candidate, sample
 from strategies.voting import vote
 

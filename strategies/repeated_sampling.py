@@ -11,8 +11,8 @@ from pydantic import Field
 
 from orchestrator.answers import answers_equivalent
 from orchestrator.context import RunContext
-from orchestrator.metrics import coverage_curve
 from orchestrator.registry import strategies
+from orchestrator.stats import coverage_curve
 from orchestrator.types import Problem, Result
 from strategies.best_of_n import BestOfN, BestOfNConfig
 from verifiers.base import VerifierSpec

@@ -40,16 +40,16 @@ class SelfConsistency(NSamplesStrategy):
         spec = self.config.verifier
         self.verifier = None if spec is None else build_verifier(spec)
 
-    def needs(self) -> Capabilities:
+    def backend_needs(self) -> Capabilities:
         if self.verifier is None or self.inner is not None:
             return self.requires
-        return self.verifier.needs
+        return self.verifier.candidate_needs
 
     def verifiers(self) -> list[Any]:
         return [self.verifier] if self.verifier is not None else []
 
     def wants_logprobs(self) -> bool:
-        return self.verifier is not None and self.verifier.needs.logprobs
+        return self.verifier is not None and self.verifier.candidate_needs.logprobs
 
     async def run(self, problem: Problem, ctx: RunContext) -> Result:
         got = await self.collect(problem, ctx)

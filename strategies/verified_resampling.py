@@ -201,8 +201,8 @@ class VerifiedResampling(Strategy):
     def verifiers(self) -> list[Any]:
         return [self.verifier]
 
-    def needs(self) -> Capabilities:
-        return self.requires if self.inner is not None else self.verifier.needs
+    def backend_needs(self) -> Capabilities:
+        return self.requires if self.inner is not None else self.verifier.candidate_needs
 
     def plan(self) -> Plan:
         """K (the override or K*), R(K), whether to abstain, and the numbers behind it."""
@@ -267,7 +267,7 @@ class VerifiedResampling(Strategy):
         """``n`` attempts: samples from the backend, or runs of the child strategy."""
         if self.inner is not None:
             return await run_children(problem, ctx, self.inner, n)
-        logprobs = self.verifier.needs.logprobs
+        logprobs = self.verifier.candidate_needs.logprobs
         request = self.config.request(problem, n=n, logprobs=logprobs)
         return await sample(ctx, request, self.config.backend)
 

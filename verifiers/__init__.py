@@ -6,7 +6,7 @@ See ``verifiers.base`` for the contract and ``orchestrator.registry.verifiers`` 
 from verifiers import (
     builtin,
     combinators,
-    format,
+    format_check,
     llm_judge,
     python,
     reward_model,
@@ -21,7 +21,7 @@ __all__ = [
     "build_verifier",
     "builtin",
     "combinators",
-    "format",
+    "format_check",
     "llm_judge",
     "python",
     "reward_model",

@@ -6,9 +6,11 @@ order (higher is better). Callers use ``await verifier(problem, candidates, ctx)
 ``verifier`` trace span. Verifiers that call a model do so through ``ctx.generate`` so their
 calls are charged to the run's budget. A verifier keeps no per-run state on ``self``.
 
-``needs`` states what the *sampling* backend must provide for the candidates to be scorable
-(e.g. ``mean_logprob`` needs candidates sampled with logprobs); strategies read it to ask for
-logprobs and to refuse backends that lack them.
+Capabilities, in the same words as strategies use them: ``backend_needs()`` is what the backends
+this verifier *itself* calls must offer (a judge model's top logprobs, say), checked before the
+run's first call; ``candidate_needs`` is what the candidates it scores must carry, hence what the
+*sampling* backend must offer (e.g. ``mean_logprob`` needs candidates sampled with logprobs);
+strategies read it to ask for logprobs and to refuse backends that lack them.
 """
 
 from __future__ import annotations
@@ -38,8 +40,8 @@ class Verifier(abc.ABC):
 
     name: ClassVar[str] = ""
     Config: ClassVar[type[VerifierConfig]] = VerifierConfig
-    #: What the candidates' sampling backend must offer (e.g. logprobs).
-    needs: ClassVar[Capabilities] = Capabilities()
+    #: What the candidates must carry, so what their sampling backend must offer (logprobs).
+    candidate_needs: ClassVar[Capabilities] = Capabilities()
 
     def __init__(self, config: VerifierConfig | dict[str, Any] | None = None, **kwargs: Any):
         if isinstance(config, VerifierConfig):

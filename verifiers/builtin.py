@@ -75,7 +75,7 @@ class MeanLogprob(Verifier):
     """
 
     Config = MeanLogprobConfig
-    needs = Capabilities(logprobs=True)
+    candidate_needs = Capabilities(logprobs=True)
 
     async def score(
         self, problem: Problem, candidates: list[Candidate], ctx: RunContext

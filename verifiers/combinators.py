@@ -3,10 +3,10 @@
 Each combinator lists child verifier specs under ``verifiers`` (names or spec dicts, built with
 ``build_verifier``, so combinators nest). Children score batch-first: every child scores its
 whole candidate list in one call, and independent children run concurrently. Child ``verifier``
-spans nest inside the combinator's span. A combinator ``needs`` the union of what its children
-need. An error in a child (ConfigError, BudgetExhausted, ...) propagates as itself, not wrapped
-in an ExceptionGroup. ``details["scores"]`` lists each child's raw score, in config order
-(``None`` where a child did not score the candidate).
+spans nest inside the combinator's span. A combinator's ``candidate_needs`` is the union of what
+its children need. An error in a child (ConfigError, BudgetExhausted, ...) propagates as itself,
+not wrapped in an ExceptionGroup. ``details["scores"]`` lists each child's raw score, in config
+order (``None`` where a child did not score the candidate).
 
 Semantics (children are expected to score in [0, 1]; the results then stay in [0, 1]):
 
@@ -98,7 +98,7 @@ class Combinator(Verifier):
                 children.append(build_verifier(spec))
             except ConfigError as exc:
                 raise ConfigError(f"verifier {self.name!r}: verifiers[{i}]: {exc}") from None
-        self.needs = merge_needs(c.needs for c in children)  # type: ignore[misc]
+        self.candidate_needs = merge_needs(c.candidate_needs for c in children)  # type: ignore[misc]
         return children
 
     def backend_needs(self) -> list[tuple[str | None, Capabilities]]:

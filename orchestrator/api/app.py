@@ -3,9 +3,10 @@
 ``create_app(settings, orchestrator=None)`` builds the app; nothing is opened until the lifespan
 starts (uvicorn, or ``async with app.router.lifespan_context(app)`` in tests):
 
-1. the Orchestrator: the one given (tests) or ``Orchestrator.from_config(settings.backends_file,
-   default_backend=settings.default_backend)``; either way the lifespan starts it and closes it
-   (a given orchestrator is owned by the app from then on). The default strategy is built and
+1. the Orchestrator: the one given (``ttc serve``, tests) or ``Orchestrator.from_config(
+   settings.backends_file, default_backend=settings.default_backend)``; either way the lifespan
+   starts its default backend (the others start with the first run that uses them) and closes
+   it (a given orchestrator is owned by the app from then on). The default strategy is built and
    checked against the default backend first: a misconfigured default stops the start;
 2. the RunStore and the KeyStore on ``settings.store_url`` (default: the store of
    ``orchestrator.store.db.default_url()``), migrated; runs left queued or running by a
@@ -32,15 +33,14 @@ from fastapi import FastAPI
 
 from orchestrator.api import native_routes, openai_routes
 from orchestrator.api.errors import install_error_handlers
-from orchestrator.api.metrics import install_metrics
-from orchestrator.api.protocol import resolve_spec
+from orchestrator.api.prometheus import install_metrics
 from orchestrator.api.runs import RunManager
 from orchestrator.api.settings import ServiceSettings
 from orchestrator.runner import Orchestrator
+from orchestrator.specs import resolve_spec
 from orchestrator.store.db import default_url, mask_url
 from orchestrator.store.keys import KeyStore
-from orchestrator.store.runs import RunStore
-from strategies.base import build_strategy
+from orchestrator.store.run_store import RunStore
 
 log = logging.getLogger("orchestrator.api")
 
@@ -72,11 +72,7 @@ async def check_default_strategy(orch: Orchestrator, settings: ServiceSettings) 
     """Fail fast (ConfigError / RegistryError / CapabilityError) when the default strategy
     cannot be built or does not fit the default backend: a server misconfiguration must stop
     the start, not answer every request with an error."""
-    strategy = build_strategy(resolve_spec(None, settings.default_strategy))
-    try:
-        strategy.check(lambda name: orch.resolve(name))
-    finally:
-        await strategy.aclose()
+    await orch.check(resolve_spec(None, settings.default_strategy))
 
 
 @asynccontextmanager

@@ -25,19 +25,17 @@ from orchestrator.api.protocol import (
     ChatMessage,
     ReasonRequest,
     TTCOptions,
-    available_strategies,
-    config_fields,
-    resolve_spec,
 )
 from orchestrator.errors import RegistryError
-from orchestrator.store.runs import RunRecord
+from orchestrator.specs import Catalog, apply_overrides, config_fields, resolve_spec
+from orchestrator.store.run_store import RunRecord
 from orchestrator.types import Problem
 
 log = logging.getLogger("orchestrator.api.openai_routes")
 
 
 def parse_model(
-    model: str, backends: Mapping[str, Any]
+    model: str, backends: Mapping[str, Any], catalog: Catalog
 ) -> tuple[str | None, str | None, str | None]:
     """``(strategy, backend, model_override)`` from a model name (see the module docstring);
     APIError 400 (``param="model"``) for a plain name that is neither a backend nor a strategy."""
@@ -48,12 +46,12 @@ def parse_model(
         return head or None, None, tail
     if model in backends:
         return None, model, None
-    if model in available_strategies():
+    if model in catalog.available():
         return model, None, None
     raise APIError(
         400,
         f"unknown model {model!r}: use '<strategy-or-config>:<backend-or-model>', a backend name "
-        f"({', '.join(backends)}) or a strategy name ({', '.join(available_strategies())}); "
+        f"({', '.join(backends)}) or a strategy name ({', '.join(catalog.available())}); "
         "GET /v1/models lists them",
         param="model",
         code="model_not_found",
@@ -109,16 +107,17 @@ def problem_from_messages(messages: Sequence[ChatMessage], answer_format: str | 
     )
 
 
-def build_spec(body: ChatCompletionRequest, strategy: str | None, default: Any) -> dict[str, Any]:
+def build_spec(
+    body: ChatCompletionRequest, strategy: str | None, default: Any, catalog: Catalog
+) -> dict[str, Any]:
     """The strategy spec of a chat request (precedence in the module docstring)."""
     ttc = body.ttc or TTCOptions()
     ref = ttc.strategy if ttc.strategy is not None else strategy
     try:
-        spec = resolve_spec(ref, default)
+        spec = resolve_spec(ref, default, catalog=catalog)
     except RegistryError as exc:
         param = "ttc.strategy" if ttc.strategy is not None else "model"
         raise APIError(400, str(exc), param=param, code="unknown_strategy") from None
-    fields = config_fields(spec)
     stop = [body.stop] if isinstance(body.stop, str) else body.stop
     standard = {
         "temperature": body.temperature,
@@ -126,30 +125,30 @@ def build_spec(body: ChatCompletionRequest, strategy: str | None, default: Any) 
         "max_tokens": body.max_completion_tokens or body.max_tokens,
         "stop": stop,
     }
-    for name, value in standard.items():
-        if value is None:
-            continue
-        if name in fields:
-            spec[name] = value
-        else:
-            log.debug("strategy %s has no %r field: ignoring it", spec["strategy"], name)
-    for name, value in (ttc.model_extra or {}).items():
-        if name not in fields:
-            options = ", ".join(sorted(TTCOptions.model_fields))
-            raise APIError(
-                400,
-                f"unknown ttc field {name!r}: neither a ttc option ({options}) nor a config "
-                f"field of strategy {spec['strategy']!r} ({', '.join(sorted(fields))})",
-                param=f"ttc.{name}",
-                code="unknown_field",
-            )
-        spec[name] = value
+    spec, ignored = apply_overrides(spec, standard)
+    for name in ignored:
+        log.debug("strategy %s has no %r field: ignoring it", spec["strategy"], name)
+    spec, unknown = apply_overrides(spec, ttc.model_extra or {})
+    if unknown:
+        options = ", ".join(sorted(TTCOptions.model_fields))
+        fields = ", ".join(sorted(config_fields(spec)))
+        raise APIError(
+            400,
+            f"unknown ttc field {unknown[0]!r}: neither a ttc option ({options}) nor a config "
+            f"field of strategy {spec['strategy']!r} ({fields})",
+            param=f"ttc.{unknown[0]}",
+            code="unknown_field",
+        )
     spec.update(ttc.config)
     return spec
 
 
 def build_requests(
-    body: ChatCompletionRequest, backends: Mapping[str, Any], default: Any, max_n: int
+    body: ChatCompletionRequest,
+    backends: Mapping[str, Any],
+    default: Any,
+    max_n: int,
+    catalog: Catalog,
 ) -> tuple[dict[str, Any], list[ReasonRequest]]:
     """The strategy spec and one ReasonRequest per choice."""
     if body.model_extra:
@@ -161,8 +160,8 @@ def build_requests(
             param="n",
             code="invalid_value",
         )
-    strategy, backend, model = parse_model(body.model, backends)
-    spec = build_spec(body, strategy, default)
+    strategy, backend, model = parse_model(body.model, backends, catalog)
+    spec = build_spec(body, strategy, default, catalog)
     ttc = body.ttc or TTCOptions()
     problem = problem_from_messages(body.messages, ttc.answer_format)
     reqs = [

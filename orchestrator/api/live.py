@@ -10,7 +10,7 @@ from typing import Any
 
 from orchestrator.api.protocol import EventType, ReasonRequest, RunEvent
 from orchestrator.runner import Orchestrator
-from orchestrator.store.runs import RunRecord
+from orchestrator.store.run_store import RunRecord
 from orchestrator.trace import Span
 from orchestrator.types import Usage
 from strategies.base import Strategy

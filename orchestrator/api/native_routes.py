@@ -69,7 +69,7 @@ from orchestrator.api.service_info import (
     verifier_infos,
 )
 from orchestrator.store.keys import ApiKey
-from orchestrator.store.runs import RunRecord, RunStatus
+from orchestrator.store.run_store import RunRecord, RunStatus
 
 if TYPE_CHECKING:
     from orchestrator.api.runs import RunManager
@@ -259,9 +259,10 @@ async def run_events(
 
 
 @router.get("/v1/strategies", tags=["registry"], summary="Registered strategies")
-async def list_strategies(key: Key) -> dict[str, Any]:
+async def list_strategies(request: Request, key: Key) -> dict[str, Any]:
     """Names, descriptions, config JSON schemas and needed backend capabilities."""
-    return {"object": "list", "data": await strategy_infos()}
+    catalog = request.app.state.settings.catalog()
+    return {"object": "list", "data": await strategy_infos(catalog)}
 
 
 @router.get("/v1/verifiers", tags=["registry"], summary="Registered verifiers")

@@ -46,14 +46,13 @@ from orchestrator.api.protocol import (
     ModelCard,
     ModelList,
     TTCOptions,
-    available_strategies,
-    resolve_spec,
 )
 from orchestrator.api.runs import DISCONNECTED, RunEvent, RunManager
 from orchestrator.errors import RegistryError
 from orchestrator.runner import Orchestrator
+from orchestrator.specs import resolve_spec
 from orchestrator.store.keys import ApiKey
-from orchestrator.store.runs import RunRecord
+from orchestrator.store.run_store import RunRecord
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +88,8 @@ def _created(request: Request) -> int:
 async def list_models(request: Request, key: Key) -> ModelList:
     """Every backend (the default strategy on it), then ``<strategy-or-config>:<backend>``."""
     orch, _ = _state(request)
-    ids = list(orch.backends) + [f"{s}:{b}" for s in available_strategies() for b in orch.backends]
+    names = request.app.state.settings.catalog().available()
+    ids = list(orch.backends) + [f"{s}:{b}" for s in names for b in orch.backends]
     return ModelList(data=[ModelCard(id=i, created=_created(request)) for i in ids])
 
 
@@ -97,10 +97,11 @@ async def list_models(request: Request, key: Key) -> ModelList:
 async def get_model(request: Request, model: str, key: Key) -> ModelCard:
     """The model if ``/v1/chat/completions`` accepts its name, else 404."""
     orch, _ = _state(request)
+    catalog = request.app.state.settings.catalog()
     try:
-        strategy, _, _ = parse_model(model, orch.backends)
+        strategy, _, _ = parse_model(model, orch.backends, catalog)
         if strategy is not None:
-            resolve_spec(strategy, {})
+            resolve_spec(strategy, catalog=catalog)
     except (APIError, RegistryError):
         raise APIError(
             404, f"unknown model {model!r}", type="not_found_error", code="model_not_found"
@@ -130,7 +131,7 @@ async def chat_completions(request: Request, body: ChatCompletionRequest, key: K
     orch, runs = _state(request)
     settings = request.app.state.settings
     spec, reqs = build_requests(
-        body, orch.backends, settings.default_strategy, settings.max_request_n
+        body, orch.backends, settings.default_strategy, settings.max_request_n, settings.catalog()
     )
     key_id = key.id if key is not None else None
     created = int(time.time())

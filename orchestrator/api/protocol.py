@@ -4,21 +4,18 @@
   the RunManager runs and stores; the OpenAI route builds one per choice.
 * ``ChatCompletion*`` / ``Model*``: the OpenAI-compatible wire format (only the fields ttc
   fills; unknown request fields are accepted and ignored, as vLLM does).
-* :func:`resolve_spec`: a strategy name, named config or inline spec -> a full spec dict.
+Strategy names, named configs and inline specs are resolved by ``orchestrator.specs``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from orchestrator.answers import ANSWER_FORMATS
 from orchestrator.budget import Budget
-from orchestrator.errors import ConfigError, RegistryError
-from orchestrator.registry import strategies
-from orchestrator.types import Problem, Result
+from orchestrator.types import Problem
 
 StrategyRef = str | dict[str, Any]
 
@@ -72,72 +69,6 @@ def check_answer_format(value: str | None) -> str | None:
     return value
 
 
-def named_configs() -> list[str]:
-    """Names of the strategy configs in ``configs/strategies/`` (relative to the cwd)."""
-    from orchestrator.cli import STRATEGY_DIR
-
-    return sorted(p.stem for p in STRATEGY_DIR.glob("*.yaml"))
-
-
-def available_strategies() -> list[str]:
-    """Registered strategy names followed by named configs (for messages and model lists)."""
-    names = strategies.names()
-    return names + [n for n in named_configs() if n not in names]
-
-
-def named(name: str) -> dict[str, Any]:
-    """The spec of a registered strategy or named config called ``name``.
-
-    Only names listed by ``strategies.names()`` or :func:`named_configs` are looked up, so a
-    client-sent name can never reach another file (``../x``).
-
-    Raises:
-        RegistryError: an unknown name; the message lists the registered strategies and the
-            named configs.
-        ConfigError: the named config does not name a strategy.
-    """
-    from orchestrator.cli import STRATEGY_DIR, named_spec
-
-    if name in strategies:
-        return {"strategy": name}
-    configs = named_configs()
-    if name not in configs:
-        raise RegistryError(
-            f"unknown strategy {name!r}; registered: {', '.join(strategies.names())}"
-            + (f"; named configs: {', '.join(configs)}" if configs else "")
-        )
-    spec = named_spec(name)
-    if not isinstance(spec.get("strategy"), str):
-        raise ConfigError(f"{STRATEGY_DIR / name}.yaml: needs a 'strategy' name field")
-    return spec
-
-
-def resolve_spec(strategy: StrategyRef | None, default: StrategyRef) -> dict[str, Any]:
-    """The full spec ``{"strategy": <registered name>, **config}`` for ``strategy`` (None: the
-    ``default``); an inline spec naming a named config gets that config's fields, its own
-    fields winning.
-
-    Raises:
-        RegistryError: an unknown name (see :func:`named`).
-        ConfigError: an inline spec without a string ``strategy`` field.
-    """
-    ref = default if strategy is None else strategy
-    if isinstance(ref, str):
-        return named(ref)
-    name = ref.get("strategy")
-    if not isinstance(name, str):
-        raise ConfigError(f"a strategy spec needs a 'strategy' name field, got {dict(ref)!r}")
-    if name in strategies:
-        return dict(ref)
-    return {**named(name), **{k: v for k, v in ref.items() if k != "strategy"}}
-
-
-def config_fields(spec: Mapping[str, Any]) -> set[str]:
-    """The config field names of the strategy a resolved spec names."""
-    cls = strategies.get(str(spec["strategy"]))
-    return set(cls.Config.model_fields)
-
-
 # -- runs: events and stored results -------------------------------------------------------------
 
 EventType = Literal["status", "progress", "result", "error"]
@@ -155,17 +86,6 @@ class RunEvent(BaseModel):
 def final_event_type(status: str) -> EventType:
     """``result`` for a succeeded run, else ``error``."""
     return "result" if status == "succeeded" else "error"
-
-
-def result_json(result: Result, keep_logprobs: bool) -> dict[str, Any]:
-    """The Result as stored: JSON, token logprobs dropped unless ``keep_logprobs``."""
-    data = result.model_dump(mode="json")
-    if not keep_logprobs:
-        for sc in data["candidates"]:
-            sc["candidate"]["logprobs"] = None
-        if data.get("candidate"):
-            data["candidate"]["logprobs"] = None
-    return data
 
 
 # -- OpenAI-compatible wire format ---------------------------------------------------------------

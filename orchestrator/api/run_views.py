@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel
 
-from orchestrator.store.runs import RunRecord
+from orchestrator.store.run_store import RunRecord
 
 if TYPE_CHECKING:
     from orchestrator.api.runs import RunEvent

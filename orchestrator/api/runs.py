@@ -37,20 +37,18 @@ from orchestrator.api.protocol import (
     ReasonRequest,
     RunEvent,
     final_event_type,
-    resolve_spec,
-    result_json,
 )
 from orchestrator.errors import ConfigError
 from orchestrator.runner import Orchestrator
-from orchestrator.store.runs import RunRecord
+from orchestrator.specs import resolve_spec, result_json
+from orchestrator.store.run_store import RunRecord
 from orchestrator.types import Result, Usage
-from strategies.base import build_strategy
 
 if TYPE_CHECKING:
-    from orchestrator.api.metrics import ServiceMetrics
+    from orchestrator.api.prometheus import ServiceMetrics
     from orchestrator.api.settings import ServiceSettings
     from orchestrator.store.keys import KeyStore
-    from orchestrator.store.runs import RunStore
+    from orchestrator.store.run_store import RunStore
 
 log = logging.getLogger(__name__)
 
@@ -114,12 +112,12 @@ class RunManager:
         and the effective budget.
         """
         self._refuse_if_closing()
-        spec = resolve_spec(req.strategy, self.settings.default_strategy)
+        spec = resolve_spec(
+            req.strategy, self.settings.default_strategy, catalog=self.settings.catalog()
+        )
         orch = self._orch_for(req)
-        strat = build_strategy(spec)
+        strat, _ = await orch.prepare(spec, req.backend)
         try:
-            default = req.backend or orch.default_backend
-            strat.check(lambda name: orch.resolve(name or default))
             effective = req.model_copy(
                 update={"strategy": spec, "budget": req.budget or self.settings.default_budget}
             )
@@ -196,8 +194,7 @@ class RunManager:
             )
         derived = copy.copy(backend)  # shares the transport; never closed on its own
         derived.model = req.model
-        backends = {**self.orch.backends, backend.name: derived}
-        return Orchestrator(backends, self.orch.default_backend, cache=self.orch.cache)
+        return self.orch.with_backend(derived)
 
     async def _execute(self, live: LiveRun) -> None:
         result: Result | None = None

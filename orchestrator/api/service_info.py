@@ -3,8 +3,8 @@
 Registry listings (``GET /v1/strategies``, ``GET /v1/verifiers``): one dict per registered name
 with ``name``, ``description`` (the class docstring's first paragraph), ``config_schema`` (the
 pydantic Config's JSON schema) and ``requires`` (capability names the backend must offer: a
-strategy's class ``requires``, a verifier's ``needs`` of the sampling backend). Strategies have
-``kind: "strategy"``; the named configs of ``configs/strategies/*.yaml`` follow with
+strategy's class ``requires``, a verifier's ``candidate_needs`` of the sampling backend).
+Strategies have ``kind: "strategy"``; the named configs of ``configs/strategies/*.yaml`` follow with
 ``kind: "config"``, their ``spec``, the base strategy's schema, and ``requires`` collected over
 the whole strategy tree the spec builds.
 
@@ -32,6 +32,7 @@ from typing import Any
 
 from orchestrator.backends.base import Backend, Capabilities
 from orchestrator.registry import strategies, verifiers
+from orchestrator.specs import Catalog
 from strategies.base import Strategy, build_strategy
 
 log = logging.getLogger(__name__)
@@ -58,17 +59,15 @@ async def tree_needs(spec: dict[str, Any]) -> list[str]:
         stack: list[Strategy] = [strategy]
         while stack:
             node = stack.pop()
-            names.update(needed(node.needs()))
+            names.update(needed(node.backend_needs()))
             stack.extend(node.children())
         return sorted(names)
     finally:
         await strategy.aclose()
 
 
-async def strategy_infos() -> list[dict[str, Any]]:
-    """Every registered strategy, then every named config of ``configs/strategies``."""
-    from orchestrator.cli import STRATEGY_DIR, named_spec
-
+async def strategy_infos(catalog: Catalog) -> list[dict[str, Any]]:
+    """Every registered strategy, then every named config of ``catalog``."""
     out: list[dict[str, Any]] = [
         {
             "name": name,
@@ -79,19 +78,19 @@ async def strategy_infos() -> list[dict[str, Any]]:
         }
         for name, cls in strategies.items()
     ]
-    for path in sorted(STRATEGY_DIR.glob("*.yaml")) if STRATEGY_DIR.is_dir() else []:
-        if path.stem in strategies:
+    for name in catalog.names():
+        if name in strategies:
             continue
         try:
-            spec = named_spec(path.stem)
+            spec = catalog.load(name)
             base = strategies.get(str(spec.get("strategy")))
             requires = await tree_needs(spec)
         except Exception as exc:  # a broken config file must not break the listing
-            log.warning("skipping named strategy config %s: %s", path, exc)
+            log.warning("skipping named strategy config %s: %s", catalog.path(name), exc)
             continue
         out.append(
             {
-                "name": path.stem,
+                "name": name,
                 "kind": "config",
                 "description": f"named config of {base.name}: {json.dumps(spec)}",
                 "config_schema": base.Config.model_json_schema(),
@@ -109,7 +108,7 @@ def verifier_infos() -> list[dict[str, Any]]:
             "name": name,
             "description": _description(cls),
             "config_schema": cls.Config.model_json_schema(),
-            "requires": needed(cls.needs),
+            "requires": needed(cls.candidate_needs),
         }
         for name, cls in verifiers.items()
     ]

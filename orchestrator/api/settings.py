@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from orchestrator.budget import Budget
 from orchestrator.config import load_yaml, validate_config
 from orchestrator.errors import ConfigError
+from orchestrator.specs import Catalog
 
 ENV_PREFIX = "TTC_SERVICE__"
 CONFIG_ENV = "TTC_SERVICE_CONFIG"
@@ -45,6 +46,11 @@ class ServiceSettings(BaseModel):
         None, description="backends file (None: $TTC_BACKENDS_FILE or configs/backends.yaml)"
     )
     default_backend: str | None = Field(None, description="None: the backends file's default")
+    strategy_dir: str | None = Field(
+        None,
+        description="directory of named strategy configs (None: $TTC_STRATEGY_DIR or the "
+        "project's configs/strategies)",
+    )
     default_strategy: str | dict[str, Any] = Field(
         default_factory=lambda: {"strategy": "self_consistency", "n": 4},
         description="spec used when a request names no strategy (a name or a spec mapping)",
@@ -60,6 +66,10 @@ class ServiceSettings(BaseModel):
     )
     default_budget: Budget | None = Field(None, description="per-run budget when none is given")
     max_request_n: int = Field(16, ge=1, le=128, description="largest OpenAI `n` accepted")
+
+    def catalog(self) -> Catalog:
+        """The named strategy configs this service offers."""
+        return Catalog(self.strategy_dir)
 
     @classmethod
     def from_env(

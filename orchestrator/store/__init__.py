@@ -16,7 +16,7 @@ from orchestrator.store.base import StoreClient
 from orchestrator.store.cache import CachedSample, CompletionCache, cache_key
 from orchestrator.store.db import DEFAULT_URL, default_url, make_engine, migrate, normalize_url
 from orchestrator.store.keys import ApiKey, KeyStore
-from orchestrator.store.runs import RunRecord, RunStatus, RunStore
+from orchestrator.store.run_store import RunRecord, RunStatus, RunStore
 
 __all__ = [
     "DEFAULT_URL",

@@ -264,7 +264,7 @@ _ROW_ID = BigInteger().with_variant(Integer, "sqlite")  # SQLite: an alias of th
 
 
 class Run(Base):
-    """One service run (``orchestrator.store.runs``); JSON columns hold compact JSON text.
+    """One service run (``orchestrator.store.run_store``); JSON columns hold compact JSON text.
     ``seq`` is the insertion order (it breaks ties of ``created_at``); ``id`` the run id."""
 
     __tablename__ = "runs"

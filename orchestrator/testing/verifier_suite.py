@@ -4,7 +4,7 @@ Like Optuna's ``testing/pytest_samplers.py``: a test module subclasses ``Verifie
 once per verifier (the class name must start with ``Test`` for pytest to collect it) and
 provides ``make_verifier()``; the suite's test methods then run against it::
 
-    from orchestrator.testing import VerifierConformance
+    from orchestrator.testing.verifier_suite import VerifierConformance
 
     class TestMyVerifier(VerifierConformance):
         def make_verifier(self) -> Verifier:

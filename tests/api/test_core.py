@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.api.errors import api_error_from, error_dict, status_for_error
-from orchestrator.api.protocol import ReasonRequest, resolve_spec
+from orchestrator.api.protocol import ReasonRequest
 from orchestrator.api.settings import ServiceSettings
 from orchestrator.budget import Budget
 from orchestrator.errors import (
@@ -19,6 +19,7 @@ from orchestrator.errors import (
     RegistryError,
     StoreError,
 )
+from orchestrator.specs import resolve_spec
 
 
 def test_settings_defaults() -> None:

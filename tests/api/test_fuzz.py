@@ -48,15 +48,11 @@ from schemathesis.specs.openapi.checks import (
 
 from orchestrator.api import create_app
 from orchestrator.api.errors import ErrorResponse
-from orchestrator.api.protocol import (
-    ChatCompletionChunk,
-    ReasonRequest,
-    RunEvent,
-    result_json,
-)
+from orchestrator.api.protocol import ChatCompletionChunk, ReasonRequest, RunEvent
 from orchestrator.api.settings import ServiceSettings
 from orchestrator.runner import Orchestrator
-from orchestrator.store.runs import RunStore
+from orchestrator.specs import result_json
+from orchestrator.store.run_store import RunStore
 from orchestrator.testing.fake_backend import FakeBackend
 from orchestrator.types import Usage
 

@@ -14,7 +14,7 @@ import pytest
 from fastapi import FastAPI
 
 from orchestrator.api.runs import DISCONNECTED, RunManager
-from orchestrator.store.runs import RunRecord
+from orchestrator.store.run_store import RunRecord
 from orchestrator.testing.fake_backend import FakeBackend
 from tests.api.conftest import MakeApp
 

@@ -25,10 +25,10 @@ from openai.types.chat import ChatCompletionMessageParam
 
 from orchestrator import Client
 from orchestrator.api.app import INTERRUPTED
-from orchestrator.api.cli import is_loopback
 from orchestrator.api.runs import SHUTDOWN
+from orchestrator.cli.serve import is_loopback
 from orchestrator.sdk import RunInfo
-from orchestrator.store.runs import RunRecord, RunStore
+from orchestrator.store.run_store import RunRecord, RunStore
 from tests.api.server_process import ServerProcess, trace_tokens, ttc, ttc_serve
 
 pytestmark = [pytest.mark.slow]

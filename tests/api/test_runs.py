@@ -13,7 +13,7 @@ import pytest
 from fastapi import FastAPI
 
 from orchestrator.api.errors import APIError
-from orchestrator.api.metrics import ServiceMetrics
+from orchestrator.api.prometheus import ServiceMetrics
 from orchestrator.api.protocol import ReasonRequest
 from orchestrator.api.runs import DISCONNECTED, FINAL_SEQ, SHUTDOWN, RunEvent, RunManager
 from orchestrator.api.settings import ServiceSettings
@@ -21,7 +21,7 @@ from orchestrator.backends.base import Backend, Capabilities
 from orchestrator.budget import Budget
 from orchestrator.errors import CapabilityError, ConfigError, RegistryError
 from orchestrator.runner import Orchestrator
-from orchestrator.store.runs import RunRecord, RunStore
+from orchestrator.store.run_store import RunRecord, RunStore
 from orchestrator.testing.fake_backend import FakeBackend
 from orchestrator.trace import Span, Trace
 from orchestrator.types import Result

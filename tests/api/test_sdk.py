@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from orchestrator.budget import Budget
+from orchestrator.retry import parse_retry_after
 from orchestrator.sdk import (
     AsyncClient,
     AuthenticationError,
@@ -38,7 +39,6 @@ from orchestrator.sdk import (
     parse_sse,
 )
 from orchestrator.sdk.client import MAX_RETRY_AFTER
-from orchestrator.sdk.errors import parse_retry_after
 from orchestrator.sdk.models import RunEvent
 from orchestrator.sdk.sse import LineSplitter, SSEDecoder, iter_sse
 from orchestrator.sdk.sync import IN_LOOP_MESSAGE

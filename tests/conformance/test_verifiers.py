@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import pytest
 
 from orchestrator.registry import verifiers as registry
-from orchestrator.testing import VerifierConformance
+from orchestrator.testing.verifier_suite import VerifierConformance
 from orchestrator.types import Candidate, Problem
 from verifiers import Verifier, build_verifier
 

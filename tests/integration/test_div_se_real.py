@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 
 import strategies.div_se  # noqa: F401  (registers div_se and idiv_se)
-from orchestrator.approaches import MATH_APPROACHES, generate_approaches
 from orchestrator.backends.vllm_engine import VLLMEngineBackend
 from orchestrator.budget import Budget
+from orchestrator.cli.approaches import generate_approaches
 from orchestrator.runner import Orchestrator
 from orchestrator.types import Result
+from strategies.div_se_approaches import MATH_APPROACHES
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.asyncio(loop_scope="session")]
 

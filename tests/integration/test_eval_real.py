@@ -12,8 +12,8 @@ import pytest
 from orchestrator.backends.base import Generation, GenerationRequest
 from orchestrator.backends.vllm_engine import VLLMEngineBackend
 from orchestrator.datasets import load_dataset
+from orchestrator.evaluation.harness import EvalRunner, EvalTarget
 from orchestrator.evaluation.records import read_records
-from orchestrator.evaluation.runner import EvalRunner, EvalTarget
 from orchestrator.runner import Orchestrator
 from orchestrator.store import CompletionCache
 

@@ -1,4 +1,5 @@
-"""Tests for orchestrator.config: the backends file, env overrides and validation messages."""
+"""Tests for orchestrator.config and orchestrator.backends.config: the backends file, env
+overrides and validation messages."""
 
 from __future__ import annotations
 
@@ -8,14 +9,13 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, Field
 
-from orchestrator.config import (
+from orchestrator.backends.config import (
     DEFAULT_BACKENDS,
     BackendConfig,
     backends_path,
     load_backends,
-    load_yaml,
-    validate_config,
 )
+from orchestrator.config import load_yaml, validate_config
 from orchestrator.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]

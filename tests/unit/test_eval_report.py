@@ -13,7 +13,7 @@ from orchestrator.evaluation.report import (
     write_report,
 )
 from orchestrator.evaluation.summary import Summary, load_summary_dir, summarize
-from orchestrator.metrics import wilson_interval
+from orchestrator.stats import wilson_interval
 from orchestrator.types import Usage
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -15,7 +15,6 @@ import httpx
 import openai
 import pytest
 
-from orchestrator.backends._retry import RetryPolicy, parse_retry_after
 from orchestrator.backends.base import Capabilities, GenerationRequest
 from orchestrator.backends.openai_compat import OpenAICompatBackend
 from orchestrator.errors import (
@@ -26,6 +25,8 @@ from orchestrator.errors import (
     CapabilityError,
     ConfigError,
 )
+from orchestrator.retry import RetryPolicy
+from orchestrator.retry import retry_after_from_headers as parse_retry_after
 from orchestrator.testing.fake_openai_server import FakeOpenAIServer, Fault
 from orchestrator.types import Message
 

@@ -397,9 +397,11 @@ async def test_prune_needs_prefix_continuation_but_adaptive_does_not() -> None:
 
 
 def test_needs() -> None:
-    assert AdaptiveSelfEval().needs() == Capabilities(logprobs=True, top_logprobs=20)
+    assert AdaptiveSelfEval().backend_needs() == Capabilities(logprobs=True, top_logprobs=20)
     pruning = AdaptiveSelfEval(mode="prune", top_logprobs=5)
-    assert pruning.needs() == Capabilities(logprobs=True, top_logprobs=5, prefix_continuation=True)
+    assert pruning.backend_needs() == Capabilities(
+        logprobs=True, top_logprobs=5, prefix_continuation=True
+    )
 
 
 @pytest.mark.parametrize(

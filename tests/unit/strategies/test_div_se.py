@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 
 import strategies.self_consistency  # noqa: F401  (registers self_consistency)
-from orchestrator.approaches import MATH_APPROACHES, load_approaches
 from orchestrator.backends.base import Capabilities, GenerationRequest
 from orchestrator.budget import Budget
 from orchestrator.errors import CapabilityError, ConfigError
@@ -25,6 +24,7 @@ from strategies.div_se import (
     pair_approaches,
     parse_approach_answers,
 )
+from strategies.div_se_approaches import MATH_APPROACHES, load_approaches
 
 REPO = Path(__file__).resolve().parents[3]
 QUESTION = "What is 6*7?"

@@ -298,7 +298,7 @@ async def test_deterministic_with_a_seeded_backend() -> None:
 
 async def test_needs_no_capability_but_checks_its_child() -> None:
     plain = FakeBackend(answers=["42"], capabilities=Capabilities())
-    assert EarlyStoppingSC().needs() == Capabilities()
+    assert EarlyStoppingSC().backend_needs() == Capabilities()
     result = await Orchestrator([plain]).run(QUESTION, ESC)
     assert result.answer == "42"
     plain = FakeBackend(capabilities=Capabilities())

@@ -376,7 +376,7 @@ async def test_completion_token_budget_ends_cleanly() -> None:
 
 
 async def test_runs_on_a_backend_without_any_capability() -> None:
-    assert Sift().needs() == Capabilities()
+    assert Sift().backend_needs() == Capabilities()
     backend = backend_for(STAGE1, capabilities=Capabilities())
     result = await run(backend, spec())
     assert result.answer == "42.0" and backend.calls == 3

@@ -10,10 +10,10 @@ import pytest
 
 from orchestrator.backends.base import Capabilities, GenerationRequest
 from orchestrator.errors import CapabilityError, ConfigError, RegistryError
-from orchestrator.metrics import coverage_curve
 from orchestrator.registry import strategies as strategy_registry
 from orchestrator.registry import verifiers as verifier_registry
 from orchestrator.runner import Orchestrator
+from orchestrator.stats import coverage_curve
 from orchestrator.testing import FakeBackend
 from orchestrator.types import Candidate, Problem, Result, Score
 from strategies import build_strategy
@@ -355,12 +355,12 @@ def test_children_and_needs() -> None:
     composite = build_strategy({"strategy": "best_of_n", "inner": {"strategy": "single"}})
     (child,) = composite.children()
     assert isinstance(child, Single) and child.children() == []
-    assert BestOfN().needs() == Capabilities(logprobs=True)
-    assert composite.needs() == Capabilities()  # inner candidates carry no logprobs to need
-    assert SelfConsistency().needs() == Capabilities()
-    assert SelfConsistency(verifier="mean_logprob").needs() == Capabilities(logprobs=True)
-    assert BestOfN(verifier="majority_vote").needs() == Capabilities()
-    assert RepeatedSampling(verifier="mean_logprob").needs().logprobs
+    assert BestOfN().backend_needs() == Capabilities(logprobs=True)
+    assert composite.backend_needs() == Capabilities()  # inner candidates carry no logprobs to need
+    assert SelfConsistency().backend_needs() == Capabilities()
+    assert SelfConsistency(verifier="mean_logprob").backend_needs() == Capabilities(logprobs=True)
+    assert BestOfN(verifier="majority_vote").backend_needs() == Capabilities()
+    assert RepeatedSampling(verifier="mean_logprob").backend_needs().logprobs
 
 
 def test_check_walks_the_graph_and_names_the_missing_capability() -> None:

@@ -50,7 +50,7 @@ class Lookup(Verifier):
 class ModelCalling(Verifier):
     """One backend call per candidate; scores 0.5."""
 
-    needs = Capabilities(logprobs=True, top_logprobs=5)
+    candidate_needs = Capabilities(logprobs=True, top_logprobs=5)
 
     async def score(
         self, problem: Problem, candidates: list[Candidate], ctx: RunContext
@@ -113,7 +113,7 @@ async def test_weighted_sum_skips_zero_weight_children() -> None:
     ctx, backend = make_ctx()
     scores = await verifier(PROBLEM, CANDS, ctx)
     assert values(scores) == [1.0, 0.0, 0.0] and scores[0].details == {"scores": [None, 1.0]}
-    assert backend.calls == 0 and verifier.needs == Capabilities()
+    assert backend.calls == 0 and verifier.candidate_needs == Capabilities()
     (span,) = ctx.trace.root.children
     assert [c.name for c in span.children] == ["_test_lookup"]
 
@@ -251,9 +251,9 @@ async def test_child_errors_propagate_unwrapped() -> None:
 
 def test_needs_are_the_union_of_the_children() -> None:
     verifier = AllOf(verifiers=["majority_vote", "_test_model", "mean_logprob"])
-    assert verifier.needs == Capabilities(logprobs=True, top_logprobs=5)
-    assert AllOf.needs == Capabilities()  # the class default is untouched
-    assert AllOf(verifiers=["majority_vote"]).needs == Capabilities()
+    assert verifier.candidate_needs == Capabilities(logprobs=True, top_logprobs=5)
+    assert AllOf.candidate_needs == Capabilities()  # the class default is untouched
+    assert AllOf(verifiers=["majority_vote"]).candidate_needs == Capabilities()
     merged = merge_needs(
         [Capabilities(top_logprobs=3, native_n=True), Capabilities(prefix_continuation=True)]
     )

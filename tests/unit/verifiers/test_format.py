@@ -11,7 +11,7 @@ from orchestrator.testing import FakeBackend
 from orchestrator.trace import Trace
 from orchestrator.types import Candidate, Problem, Score
 from verifiers import build_verifier
-from verifiers.format import Format, parse_json
+from verifiers.format_check import Format, parse_json
 
 PROBLEM = Problem(question="q")
 

@@ -147,7 +147,7 @@ def test_templates_must_use_their_placeholders() -> None:
 
 def test_registered_and_described() -> None:
     v = build_verifier({"verifier": "llm_judge", "mode": "pairwise", "backend": "judge"})
-    assert isinstance(v, LLMJudge) and not v.needs.logprobs
+    assert isinstance(v, LLMJudge) and not v.candidate_needs.logprobs
     assert v.describe() == {"verifier": "llm_judge", "mode": "pairwise", "backend": "judge"}
 
 

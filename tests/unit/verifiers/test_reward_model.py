@@ -27,8 +27,9 @@ from orchestrator.errors import (
     ConfigError,
 )
 from orchestrator.runner import Orchestrator
-from orchestrator.testing import FakeBackend, VerifierConformance
+from orchestrator.testing import FakeBackend
 from orchestrator.testing.fake_reward_server import FakeRewardServer
+from orchestrator.testing.verifier_suite import VerifierConformance
 from orchestrator.trace import Trace
 from orchestrator.types import Candidate, Problem, Score
 from strategies.base import build_strategy

@@ -204,7 +204,7 @@ async def test_fewer_top_logprobs_when_configured() -> None:
 
 
 def test_needs_nothing_from_the_sampling_backend() -> None:
-    assert SelfEval.needs == Capabilities()
+    assert SelfEval.candidate_needs == Capabilities()
 
 
 async def test_failed_candidates_score_zero_without_a_call() -> None:

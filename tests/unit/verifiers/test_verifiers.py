@@ -112,8 +112,8 @@ async def test_mean_logprob_length_floor() -> None:
 
 
 def test_mean_logprob_needs_logprobs() -> None:
-    assert MeanLogprob.needs.logprobs
-    assert not MajorityVote.needs.logprobs and not ReferenceMatch.needs.logprobs
+    assert MeanLogprob.candidate_needs.logprobs
+    assert not MajorityVote.candidate_needs.logprobs and not ReferenceMatch.candidate_needs.logprobs
 
 
 def test_mean_logprob_config_validation() -> None:

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.errors import CapabilityError, ConfigError
+from orchestrator.evaluation.harness import EvalRunner, EvalTarget, problem_seed
 from orchestrator.evaluation.records import read_records
-from orchestrator.evaluation.runner import EvalRunner, EvalTarget, problem_seed
 from orchestrator.runner import Orchestrator
 from orchestrator.store import CompletionCache
 from orchestrator.testing.fake_backend import FakeBackend

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from orchestrator.cli import main
+from orchestrator.cli.main import main
 from orchestrator.registry import strategies, verifiers
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 QUESTION = "What is 6*7?"
 
 
@@ -74,7 +74,7 @@ def test_solve_self_consistency_json(
     assert len(data["candidates"]) == 8
     assert sum(data["details"]["votes"].values()) == 8
     assert data["answer"] == max(data["details"]["votes"], key=data["details"]["votes"].get)
-    assert all("logprobs" not in sc["candidate"] for sc in data["candidates"])
+    assert all(sc["candidate"]["logprobs"] is None for sc in data["candidates"])
 
 
 def test_solve_logprobs_flag_keeps_logprobs(

@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
 from orchestrator.api.errors import install_error_handlers
-from orchestrator.api.metrics import (
+from orchestrator.api.prometheus import (
     UNMATCHED,
     ServiceMetrics,
     exhaustion_limit,

@@ -1,4 +1,4 @@
-"""Tests for orchestrator.metrics: pass@k, coverage, Wilson intervals, majority@k, power laws."""
+"""Tests for orchestrator.stats: pass@k, coverage, Wilson intervals, majority@k, power laws."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from orchestrator.metrics import (
+from orchestrator.stats import (
     coverage_curve,
     coverage_ks,
     fit_power_law,

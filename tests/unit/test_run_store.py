@@ -1,4 +1,4 @@
-"""Tests for orchestrator.store.runs (RunStore, RunRecord) and migration 2.
+"""Tests for orchestrator.store.run_store (RunStore, RunRecord) and migration 2.
 
 Every test that takes ``store_url`` runs on SQLite and on PostgreSQL (tests/unit/conftest.py).
 """

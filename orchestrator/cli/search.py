@@ -2,27 +2,40 @@
 
 Subcommands: ``run`` (create or join a study and run trials, optionally in W worker
 processes), ``best`` (the Pareto front), ``export`` (a trial as a strategy config), ``test``
-(the front on the held-out split) and ``report`` (plots). Heavy imports stay inside commands.
+(the front on the held-out split) and ``report`` (plots). The space, the dataset and the study
+are checked before any worker or backend starts.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 from pathlib import Path
 from typing import Any
 
+import optuna
+
+from orchestrator.cli.common import (
+    add_dataset_args,
+    dataset_info,
+    load_problems,
+    orchestrator_from,
+    stdout_to_stderr,
+)
 from orchestrator.errors import ConfigError
-from search.workers import DEFAULT_OUT
+from orchestrator.store.cache import CompletionCache
+from search import holdout, results
+from search.plots import write_report
+from search.pruning import PRUNERS
+from search.space import Space, load_space
+from search.study import DEFAULT_STORAGE, SAMPLERS, open_study, quiet_optuna
+from search.workers import DEFAULT_OUT, run_worker, spawn_workers, study_parts
 
 
-def add_search_parser(sub: Any) -> None:
+def register(sub: Any) -> None:
     """Add ``search`` and its subcommands to the ``ttc`` subparsers."""
-    from orchestrator.evaluation.cli import add_dataset_args
-    from search.pruning import PRUNERS
-    from search.study import DEFAULT_STORAGE, SAMPLERS
-
     s = sub.add_parser(
         "search",
         help="architecture search over strategy compositions (Optuna)",
@@ -90,23 +103,18 @@ def add_search_parser(sub: Any) -> None:
     study_args(p)
     p.add_argument("--out", type=Path, help=f"default {DEFAULT_OUT}/STUDY/report")
     p.add_argument("--html", action="store_true", help="also write report.html")
+    s.set_defaults(func=cmd_search)
 
 
 def cmd_search(args: argparse.Namespace) -> int:
     """Dispatch ``ttc search SUBCOMMAND``."""
-    from search.study import quiet_optuna
-
     quiet_optuna()
     if args.search_command == "run":
         return cmd_run(args)
-    from search import results
-
     study = results.load_study(args.study, args.storage)
     if args.search_command == "best":
         trials = results.front(study)
         if args.json:
-            import json
-
             print(json.dumps(results.front_json(study, trials), indent=2))
         else:
             print(results.front_table(study, trials))
@@ -122,8 +130,6 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.search_command == "test":
         return _cmd_test(args, study)
     out = args.out or DEFAULT_OUT / args.study / "report"
-    from search.plots import write_report
-
     for path in write_report(study, out, "html" if args.html else "png"):
         print(f"wrote {path}", file=sys.stderr)
     print(
@@ -133,16 +139,12 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_test(args: argparse.Namespace, study: Any) -> int:
-    from orchestrator.cli import build_orchestrator, stdout_to_stderr
-    from search import holdout
-    from search.workers import open_cache
-
+def _cmd_test(args: argparse.Namespace, study: optuna.Study) -> int:
     async def go() -> list[dict[str, Any]]:
-        cache = None if args.no_cache else open_cache(args.cache)
+        cache = None if args.no_cache else CompletionCache(args.cache)
         try:
             _defaults_from_study(args, study.user_attrs)
-            async with build_orchestrator(args, cache) as orch:
+            async with orchestrator_from(args, cache) as orch:
                 return await holdout.test_front(
                     study,
                     orch,
@@ -177,9 +179,7 @@ def _defaults_from_study(args: argparse.Namespace, attrs: dict[str, Any]) -> Non
             setattr(args, key, attrs.get(key))
 
 
-def _study_attrs(args: argparse.Namespace, space: Any, problems: int) -> dict[str, Any]:
-    from orchestrator.evaluation.cli import dataset_mapping
-
+def _study_attrs(args: argparse.Namespace, space: Space, problems: int) -> dict[str, Any]:
     obj = space.file.objective
     return {
         "space": space.file.model_dump(mode="json", by_alias=True),
@@ -187,14 +187,7 @@ def _study_attrs(args: argparse.Namespace, space: Any, problems: int) -> dict[st
         "mode": obj.mode,
         "cost": obj.cost,
         "lambda": obj.lam,
-        "dataset": {
-            "source": args.dataset,
-            "format": args.format,
-            "split": args.split,
-            "limit": args.limit,
-            "problems": problems,
-            **dataset_mapping(args),
-        },
+        "dataset": dataset_info(args, problems),
         "seed": args.seed,
         "backends": args.backends,
         "backend": args.backend,
@@ -215,11 +208,6 @@ def _validate(args: argparse.Namespace) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """``ttc search run``: prepare the study, then run one worker here or W subprocesses."""
-    from orchestrator.evaluation.cli import load_problems
-    from search.space import load_space
-    from search.study import open_study
-    from search.workers import run_worker, spawn_workers, study_parts
-
     _validate(args)
     space = load_space(args.space)
     problems = load_problems(args)
@@ -256,9 +244,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.workers > 1 and args.worker_index == 0:
         code = spawn_workers(args, study, trials)
     else:
-        code = run_worker(args, study, space, problems, trials)
+        with stdout_to_stderr():
+            code = run_worker(args, study, space, problems, trials)
     if args.worker_index == 0:
-        from search import results
-
         print(results.front_table(study, results.front(study)))
     return code

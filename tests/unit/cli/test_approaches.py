@@ -1,4 +1,5 @@
-"""Tests for orchestrator.approaches: list parsing, YAML files, generation and the CLI command."""
+"""Tests for ``ttc approaches`` (orchestrator.cli.approaches) and the approach lists it writes
+(strategies.div_se_approaches): list parsing, YAML files, generation and the command."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator import approaches as ap
-from orchestrator import cli
 from orchestrator.backends.base import GenerationRequest
 from orchestrator.budget import Budget
+from orchestrator.cli import approaches as cmd
+from orchestrator.cli import common
 from orchestrator.errors import ConfigError
 from orchestrator.runner import Orchestrator
 from orchestrator.testing import FakeBackend
+from strategies import div_se_approaches as ap
 
 LIST_TEXT = (
     "Here are some approaches:\n"
@@ -75,10 +77,10 @@ def test_dedup_ignores_case_spacing_and_punctuation() -> None:
 
 
 def test_slug_and_default_path() -> None:
-    assert ap.slugify("Math word problems (GSM8K)") == "math-word-problems-gsm8k"
-    assert ap.slugify("!!!") == "approaches"
-    assert len(ap.slugify("x" * 100)) == 60
-    assert ap.default_path("Logic puzzles") == Path("configs/approaches/logic-puzzles.yaml")
+    assert cmd.slugify("Math word problems (GSM8K)") == "math-word-problems-gsm8k"
+    assert cmd.slugify("!!!") == "approaches"
+    assert len(cmd.slugify("x" * 100)) == 60
+    assert cmd.default_path("Logic puzzles") == Path("configs/approaches/logic-puzzles.yaml")
 
 
 def test_prompt_asks_for_a_numbered_list() -> None:
@@ -136,7 +138,7 @@ def test_load_missing_file(tmp_path: Path) -> None:
 
 async def test_generate_approaches_keeps_k_distinct() -> None:
     backend = FakeBackend(script=listing)
-    got = await ap.generate_approaches(Orchestrator([backend]), "math word problems", 4)
+    got = await cmd.generate_approaches(Orchestrator([backend]), "math word problems", 4)
     assert got.approaches == [
         "Work backwards from the answer",
         "Draw a diagram: sketch the situation",
@@ -148,12 +150,12 @@ async def test_generate_approaches_keeps_k_distinct() -> None:
     (req,) = backend.requests
     assert req.temperature == 0.0 and req.max_tokens == 256 and req.n == 1
     assert req.messages is not None
-    assert req.messages[-1].content == ap.approaches_prompt("math word problems", 4 + ap.ASK_EXTRA)
+    assert req.messages[-1].content == ap.approaches_prompt("math word problems", 4 + cmd.ASK_EXTRA)
 
 
 async def test_generate_approaches_passes_options_and_budget() -> None:
     backend = FakeBackend(script=listing)
-    got = await ap.generate_approaches(
+    got = await cmd.generate_approaches(
         Orchestrator([backend]),
         "t",
         2,
@@ -168,13 +170,13 @@ async def test_generate_approaches_passes_options_and_budget() -> None:
 
 async def test_generate_approaches_failure_and_junk() -> None:
     failing = FakeBackend(fail_calls=[0])
-    got = await ap.generate_approaches(Orchestrator([failing]), "t", 3)
+    got = await cmd.generate_approaches(Orchestrator([failing]), "t", 3)
     assert got.approaches == [] and got.error is not None and "injected failure" in got.error
     junk = FakeBackend(script=lambda r, i: "No idea.")
-    got = await ap.generate_approaches(Orchestrator([junk]), "t", 3)
+    got = await cmd.generate_approaches(Orchestrator([junk]), "t", 3)
     assert got.approaches == [] and got.error is None and got.text == "No idea."
     with pytest.raises(ConfigError, match="k must be"):
-        await ap.generate_approaches(Orchestrator([junk]), "t", 0)
+        await cmd.generate_approaches(Orchestrator([junk]), "t", 0)
 
 
 # --- CLI --------------------------------------------------------------------------------------
@@ -182,15 +184,15 @@ async def test_generate_approaches_failure_and_junk() -> None:
 
 def parse(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="ttc")
-    ap.add_approaches_parser(parser.add_subparsers(dest="command", required=True))
+    cmd.register(parser.add_subparsers(dest="command", required=True))
     return parser.parse_args(["approaches", *argv])
 
 
 @pytest.fixture
 def scripted(monkeypatch: pytest.MonkeyPatch) -> FakeBackend:
-    """``build_orchestrator`` returns an Orchestrator over a scripted FakeBackend."""
+    """``orchestrator_from`` returns an Orchestrator over a scripted FakeBackend."""
     backend = FakeBackend(script=listing)
-    monkeypatch.setattr(cli, "build_orchestrator", lambda args: Orchestrator([backend]))
+    monkeypatch.setattr(cmd, "orchestrator_from", lambda args: Orchestrator([backend]))
     return backend
 
 
@@ -201,10 +203,10 @@ def test_cli_arguments_and_defaults() -> None:
         None, False, None, None, None,
     )  # fmt: skip
     assert (args.temperature, args.max_tokens, args.seed) == (0.0, 256, None)
-    assert cli.budget_from(args) is None
+    assert common.budget_from(args) is None
     args = parse("t", "--k", "3", "--out", "x.yaml", "--force", "--budget-calls", "1")
     assert (args.k, args.out, args.force) == (3, Path("x.yaml"), True)
-    assert cli.budget_from(args) == Budget(max_calls=1)
+    assert common.budget_from(args) == Budget(max_calls=1)
 
 
 def test_cli_writes_the_default_path_and_prints(
@@ -214,7 +216,7 @@ def test_cli_writes_the_default_path_and_prints(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    assert ap.cmd_approaches(parse("Math word problems", "--k", "3")) == 0
+    assert cmd.cmd_approaches(parse("Math word problems", "--k", "3")) == 0
     out, err = capsys.readouterr()
     assert out.splitlines() == [
         "1. Work backwards from the answer",
@@ -232,10 +234,10 @@ def test_cli_refuses_to_overwrite_before_any_call(
 ) -> None:
     out = tmp_path / "a.yaml"
     out.write_text("approaches: [keep]\n")
-    assert ap.cmd_approaches(parse("t", "--out", str(out))) == 2
+    assert cmd.cmd_approaches(parse("t", "--out", str(out))) == 2
     assert "--force" in capsys.readouterr().err
     assert scripted.calls == 0 and ap.load_approaches(out) == ["keep"]
-    assert ap.cmd_approaches(parse("t", "--out", str(out), "--force", "--k", "9")) == 0
+    assert cmd.cmd_approaches(parse("t", "--out", str(out), "--force", "--k", "9")) == 0
     assert len(ap.load_approaches(out)) == 6
     assert "only 6 distinct" in capsys.readouterr().err
 
@@ -248,11 +250,11 @@ def test_cli_without_a_list_writes_nothing(
     backends = tmp_path / "backends.yaml"
     backends.write_text("default: fake\nbackends:\n  fake:\n    kind: fake\n")
     out = tmp_path / "a.yaml"
-    code = ap.cmd_approaches(parse("t", "--backends", str(backends), "--out", str(out)))
+    code = cmd.cmd_approaches(parse("t", "--backends", str(backends), "--out", str(out)))
     assert code == 1 and not out.exists()
     assert "no numbered list" in capsys.readouterr().err
 
 
 def test_cli_bad_k() -> None:
     with pytest.raises(ConfigError, match="--k"):
-        ap.cmd_approaches(parse("t", "--k", "0"))
+        cmd.cmd_approaches(parse("t", "--k", "0"))

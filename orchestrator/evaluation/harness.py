@@ -40,10 +40,11 @@ from orchestrator.budget import Budget
 from orchestrator.errors import ConfigError
 from orchestrator.evaluation.progress import Progress
 from orchestrator.evaluation.records import ProblemRecord, RecordFile, read_records, write_json
+from orchestrator.evaluation.report import write_report
 from orchestrator.evaluation.summary import Summary, summarize
 from orchestrator.runner import Orchestrator
 from orchestrator.types import Problem, Result
-from strategies.base import Strategy, build_strategy
+from strategies.base import Strategy
 
 log = logging.getLogger(__name__)
 
@@ -206,8 +207,9 @@ class EvalRunner:
     async def run(self) -> list[Summary]:
         """Run every pending problem and write records, summaries and the report.
 
-        Returns one Summary per target, over the records of the current problems. Backends
-        are started only when something is pending (a finished evaluation makes no calls).
+        Returns one Summary per target, over the records of the current problems. Every target
+        is checked first; backends are started by the first run that needs them, so a finished
+        evaluation starts none and makes no calls.
         On cancellation (Ctrl-C) the records written so far and partial summaries are kept.
         """
         progress = Progress(
@@ -216,13 +218,11 @@ class EvalRunner:
             stream=self.stream,
             enabled=self.show_progress,
         )
-        strategies = {r.target.label: build_strategy(dict(r.target.spec)) for r in self.runs}
+        strategies: dict[str, Strategy] = {}
         try:
-            default = self.orch.default_backend
-            for strat in strategies.values():
-                strat.check(lambda name: self.orch.resolve(name or default))
+            for r in self.runs:  # every target checked before any backend starts
+                strategies[r.target.label], _ = await self.orch.prepare(dict(r.target.spec))
             if self.pending:
-                await self.orch.start()
                 await self._run_all(strategies, progress)
         finally:
             for strat in strategies.values():
@@ -287,8 +287,6 @@ class EvalRunner:
 
     def _finish(self) -> list[Summary]:
         """Close this invocation in meta.json and write each summary and the report."""
-        from orchestrator.evaluation.report import write_report
-
         current = {p.id for p in self.problems}
         summaries = []
         for r in self.runs:

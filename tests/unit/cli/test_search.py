@@ -11,7 +11,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from orchestrator.cli import main
+from orchestrator.cli.main import main
 from orchestrator.config import load_yaml
 from search import results
 from search.workers import worker_argv

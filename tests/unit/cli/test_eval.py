@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.cli import main
+from orchestrator.cli.main import main
 from orchestrator.evaluation.records import read_records
 
 REPO = Path(__file__).resolve().parents[3]
