@@ -294,6 +294,7 @@ def _to_fraction(s: str) -> Fraction | None:
 @lru_cache(maxsize=1)
 def _math_verify() -> tuple[Callable[..., Any], Callable[..., Any], type[BaseException], str, str]:
     """Import math_verify lazily; return parse, verify, its timeout error and timeout kwargs."""
+    # math-verify pulls in sympy (about a second): only answers that need it pay for it.
     from math_verify import parse, verify
     from math_verify.errors import TimeoutException
 

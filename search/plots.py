@@ -97,6 +97,7 @@ def _with_feasibility(study: optuna.Study) -> optuna.Study:
 
 def _plots(study: optuna.Study, out_dir: Path, notes: list[str]) -> list[Path]:
     """Draw the plots the study supports; what cannot be drawn becomes a note."""
+    # Optuna's matplotlib plots import matplotlib (heavy): only `ttc search report` needs them.
     from optuna.visualization import matplotlib as ovm
 
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,8 +42,6 @@ DEFAULT_STORAGE = "sqlite:///runs/search/studies.db"
 def quiet_optuna() -> None:
     """Our progress lines replace Optuna's per-trial INFO logs; its experimental-feature and
     deprecation warnings are for library authors, not for ``ttc`` users."""
-    import warnings
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     warnings.filterwarnings("ignore", category=FutureWarning, module="optuna")

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import Field
+from scipy.special import betainc
 
 from orchestrator.context import RunContext
 from orchestrator.registry import strategies
@@ -59,8 +60,6 @@ def prob_lead_beats_second(a: float, b: float) -> float:
     """
     if a < 0 or b < 0:
         raise ValueError(f"vote counts must be >= 0, got a={a}, b={b}")
-    from scipy.special import betainc  # lazy: keeps `import strategies` fast
-
     return float(betainc(b + 1.0, a + 1.0, 0.5))
 
 

@@ -30,6 +30,8 @@ import json
 import logging
 from typing import Any
 
+import openai
+
 from orchestrator.backends.base import Backend, Capabilities
 from orchestrator.registry import strategies, verifiers
 from orchestrator.specs import Catalog
@@ -122,8 +124,6 @@ class NotReady(Exception):
 
 
 async def _ping_openai(backend: Backend, timeout: float) -> str:
-    import openai
-
     client = getattr(backend, "_client", None)
     if not isinstance(client, openai.AsyncOpenAI):
         raise NotReady("the backend has no OpenAI client")

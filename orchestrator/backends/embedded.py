@@ -169,7 +169,7 @@ def _convert_atomically(source: Path, target: Path) -> None:
 
 def _convert(source: Path, out: Path) -> None:
     """GGUF -> safetensors (bfloat16) plus tokenizer with the chat template, into ``out``."""
-    try:
+    try:  # torch and transformers: heavy, optional (the CPU extras), needed only to convert
         import torch
         import transformers
     except ImportError as exc:

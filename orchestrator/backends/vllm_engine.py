@@ -214,6 +214,7 @@ class VLLMEngineBackend(Backend):
             log.debug("aborting %s failed", request_id, exc_info=True)
 
     def _sampling_params(self, request: GenerationRequest, n: int) -> SamplingParams:
+        # vLLM: optional and heavy (the CPU or GPU extras); loaded once the engine has started.
         from vllm.sampling_params import RequestOutputKind, SamplingParams
 
         seed = request.seed
@@ -283,6 +284,7 @@ def _on_cpu() -> bool:
 
 async def _render(engine: AsyncLLM, request: GenerationRequest) -> EngineInput:
     """The engine input for ``request``: the chat template applied, or the raw prompt."""
+    # vLLM: optional and heavy (the CPU or GPU extras); loaded once the engine has started.
     from vllm.renderers.params import ChatParams
 
     renderer = engine.renderer
@@ -321,6 +323,7 @@ def _token_logprobs(
 
 def _backend_error(exc: Exception, backend: str) -> BackendError:
     """The ``BackendError`` for an engine exception: a rejected request or an engine failure."""
+    # vLLM: optional and heavy (the CPU or GPU extras); loaded once the engine has started.
     from vllm.exceptions import VLLMClientError
 
     if isinstance(exc, VLLMClientError | ValueError):

@@ -24,6 +24,7 @@ _DPI = 120
 
 def pyplot() -> Any:
     """matplotlib.pyplot, with the Agg backend selected before its import."""
+    # matplotlib is heavy (about a second); only the commands that draw plots import it.
     import matplotlib
 
     matplotlib.use("Agg")
@@ -154,6 +155,7 @@ def plot_coverage(summaries: Sequence[Summary], path: Path) -> Path:
     if not any(s.pass_at_k for s in summaries):
         raise ValueError("plot_coverage: no summary has pass@k (no strategy sampled >= 2)")
     plt = pyplot()
+    # matplotlib is heavy (about a second); only the commands that draw plots import it.
     from matplotlib.ticker import FuncFormatter
 
     fig, ax = plt.subplots(figsize=(7, 5))
