@@ -15,40 +15,66 @@ comes from the caller: the search uses its study's measured mean once it has one
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.backends.base import Backend, Generation, GenerationRequest
 from orchestrator.budget import Budget
+from orchestrator.errors import CapabilityError
 from orchestrator.runner import Orchestrator
-from orchestrator.testing.fake_backend import FakeBackend
-from orchestrator.types import Problem
+from orchestrator.types import Candidate, Problem, TokenLogprob
 
 __all__ = ["CostEstimate", "ProbeBackend", "estimate_cost", "over_budget"]
 
 
-class ProbeBackend(FakeBackend):
-    """A FakeBackend impersonating ``real``: fixed-length completions, all answers different."""
+class ProbeBackend(Backend):
+    """A stand-in for ``real`` (name, model, capabilities, pricing) answering at once.
+
+    Every sample is ``tokens_per_sample`` words (fewer when ``max_tokens`` cuts it, finish
+    ``length``) ending in a boxed answer that no other sample of this probe gives; logprobs (a
+    flat -1.0, with "Yes"/"No" alternatives) come when asked for. ``stop`` is ignored: full
+    samples are the worst case. A request beyond ``real``'s capabilities is refused as the real
+    backend would refuse it.
+    """
+
+    kind = "probe"
 
     def __init__(self, real: Backend, tokens_per_sample: int) -> None:
+        super().__init__(real.name, real.model, real.capabilities, real.pricing)
         self.tokens_per_sample = tokens_per_sample
-        super().__init__(
-            real.name,
-            real.model,
-            script=self._text,
-            capabilities=real.capabilities,
-            pricing=real.pricing,
-        )
-
-    def _text(self, request: GenerationRequest, index: int) -> str:
-        tail = f"The answer is \\boxed{{{index + 1}}}.".split(" ")
-        filler = max(0, self.tokens_per_sample - len(tail))
-        return " ".join(["step"] * filler + tail[-self.tokens_per_sample :])
+        self._answers = itertools.count(1)
 
     async def generate(self, request: GenerationRequest) -> Generation:
-        out = await super().generate(request)
-        return out.model_copy(update={"prompt_tokens": prompt_tokens(request)})
+        """``request.n`` distinct samples; prompt tokens estimated by ``prompt_tokens``."""
+        missing = self.capabilities.missing(request.required_capabilities())
+        if missing:
+            raise CapabilityError(f"backend {self.name!r} lacks {', '.join(missing)}")
+        candidates = [self._candidate(request, next(self._answers)) for _ in range(request.n)]
+        return Generation(
+            candidates=candidates,
+            prompt_tokens=prompt_tokens(request),
+            completion_tokens=sum(c.tokens for c in candidates),
+        )
+
+    def _candidate(self, request: GenerationRequest, answer: int) -> Candidate:
+        tail = f"The answer is \\boxed{{{answer}}}.".split(" ")
+        words = ["step"] * max(0, self.tokens_per_sample - len(tail))
+        words = (words + tail[-self.tokens_per_sample :])[: request.max_tokens]
+        return Candidate(
+            text=" ".join(words),
+            tokens=len(words),
+            logprobs=_flat_logprobs(words, request.top_logprobs) if request.logprobs else None,
+            finish_reason="length" if self.tokens_per_sample > request.max_tokens else "stop",
+            model=self.model,
+            backend=self.name,
+        )
+
+
+def _flat_logprobs(words: list[str], top_logprobs: int) -> list[TokenLogprob]:
+    top = dict(list({"Yes": -1.0, "No": -2.0}.items())[:top_logprobs]) or None
+    return [TokenLogprob(token=w, logprob=-1.0, top=top) for w in words]
 
 
 def prompt_tokens(request: GenerationRequest) -> int:
