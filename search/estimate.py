@@ -15,6 +15,7 @@ comes from the caller: the search uses its study's measured mean once it has one
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from typing import Any
 
 from orchestrator.backends.base import Backend, Generation, GenerationRequest
 from orchestrator.budget import Budget
+from orchestrator.errors import CapabilityError
 from orchestrator.runner import Orchestrator
 from orchestrator.types import Candidate, Problem, TokenLogprob
 
@@ -29,50 +31,51 @@ __all__ = ["CostEstimate", "ProbeBackend", "ProbeSet", "estimate_cost", "over_bu
 
 
 class ProbeBackend(Backend):
-    """A stand-in for ``real`` (same name, model, capabilities and pricing) that answers at once
-    with completions of ``tokens_per_sample`` words and a different answer every time."""
+    """A stand-in for ``real`` (name, model, capabilities, pricing) answering at once.
+
+    Every sample is ``tokens_per_sample`` words (fewer when ``max_tokens`` cuts it, finish
+    ``length``) ending in a boxed answer that no other sample of this probe gives; logprobs (a
+    flat -1.0, with "Yes"/"No" alternatives) come when asked for. ``stop`` is ignored: full
+    samples are the worst case. A request beyond ``real``'s capabilities is refused as the real
+    backend would refuse it.
+    """
 
     kind = "probe"
 
     def __init__(self, real: Backend, tokens_per_sample: int) -> None:
         super().__init__(real.name, real.model, real.capabilities, real.pricing)
         self.tokens_per_sample = tokens_per_sample
-        self._served = 0
+        self._answers = itertools.count(1)
 
-    def _text(self, index: int) -> str:
-        tail = f"The answer is \\boxed{{{index + 1}}}.".split(" ")
-        filler = max(0, self.tokens_per_sample - len(tail))
-        return " ".join(["step"] * filler + tail[-self.tokens_per_sample :])
+    async def generate(self, request: GenerationRequest) -> Generation:
+        """``request.n`` distinct samples; prompt tokens estimated by ``prompt_tokens``."""
+        missing = self.capabilities.missing(request.required_capabilities())
+        if missing:
+            raise CapabilityError(f"backend {self.name!r} lacks {', '.join(missing)}")
+        candidates = [self._candidate(request, next(self._answers)) for _ in range(request.n)]
+        return Generation(
+            candidates=candidates,
+            prompt_tokens=prompt_tokens(request),
+            completion_tokens=sum(c.tokens for c in candidates),
+        )
 
-    def _candidate(self, request: GenerationRequest, index: int) -> Candidate:
-        full = self._text(index).split(" ")
-        words = full[: request.max_tokens]
-        logprobs = None
-        if request.logprobs:
-            top = request.top_logprobs
-            logprobs = [
-                TokenLogprob(token=w, logprob=-0.5, top={w: -0.5, "Yes": -1.5, "No": -2.5})
-                if top
-                else TokenLogprob(token=w, logprob=-0.5)
-                for w in words
-            ]
+    def _candidate(self, request: GenerationRequest, answer: int) -> Candidate:
+        tail = f"The answer is \\boxed{{{answer}}}.".split(" ")
+        words = ["step"] * max(0, self.tokens_per_sample - len(tail))
+        words = (words + tail[-self.tokens_per_sample :])[: request.max_tokens]
         return Candidate(
             text=" ".join(words),
             tokens=len(words),
-            logprobs=logprobs,
-            finish_reason="length" if len(words) < len(full) else "stop",
+            logprobs=_flat_logprobs(words, request.top_logprobs) if request.logprobs else None,
+            finish_reason="length" if self.tokens_per_sample > request.max_tokens else "stop",
             model=self.model,
             backend=self.name,
         )
 
-    async def generate(self, request: GenerationRequest) -> Generation:
-        start, self._served = self._served, self._served + request.n
-        cands = [self._candidate(request, start + i) for i in range(request.n)]
-        return Generation(
-            candidates=cands,
-            prompt_tokens=prompt_tokens(request),
-            completion_tokens=sum(c.tokens for c in cands),
-        )
+
+def _flat_logprobs(words: list[str], top_logprobs: int) -> list[TokenLogprob]:
+    top = dict(list({"Yes": -1.0, "No": -2.0}.items())[:top_logprobs]) or None
+    return [TokenLogprob(token=w, logprob=-1.0, top=top) for w in words]
 
 
 class ProbeSet(Mapping[str, Backend]):

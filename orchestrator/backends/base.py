@@ -9,7 +9,26 @@ which the owner (the Orchestrator, the CLI, the service lifespan) calls exactly 
 A request carries either chat ``messages`` or a raw ``prompt``. With ``messages`` whose last
 entry is an assistant message and ``continue_final=True``, the backend continues that partial
 assistant message (prefix continuation) instead of starting a new turn; only backends with
-``capabilities.prefix_continuation`` accept that.
+``capabilities.prefix_continuation`` accept that, and the candidates hold only the continuation
+(the partial message is not repeated).
+
+What every backend guarantees (``orchestrator.testing.backend_suite`` checks it):
+
+- at most ``n`` candidates (fewer only on partial failure), ``Generation.calls`` the number of
+  underlying requests, completion tokens the sum over the candidates, prompt tokens counted
+  once per underlying request;
+- each candidate at most ``max_tokens`` tokens (finish reason ``length`` when cut there) and
+  cut before the first ``stop`` string, which it does not contain (finish reason ``stop``);
+- logprobs only when the request asks for them (one per token; ``top`` with at most
+  ``top_logprobs`` alternatives, or None when none were asked for); otherwise ``logprobs`` is
+  None;
+- a request that needs a capability the backend does not declare (logprobs, more
+  ``top_logprobs`` than declared, prefix continuation; see
+  ``GenerationRequest.required_capabilities``) is refused with ``CapabilityError`` before
+  anything is sent: it is neither answered with less nor silently degraded;
+- a cancelled ``generate`` aborts its underlying work and lets ``CancelledError`` propagate; a
+  call over the backend's own timeout raises ``BackendTimeout``; every other failure is a
+  ``BackendError`` subclass.
 """
 
 from __future__ import annotations
@@ -83,6 +102,14 @@ class GenerationRequest(BaseModel):
         if self.top_logprobs and not self.logprobs:
             raise ValueError("`top_logprobs` needs `logprobs=True`")
         return self
+
+    def required_capabilities(self) -> Capabilities:
+        """The backend capabilities this request needs (never ``native_n``: backends fan out)."""
+        return Capabilities(
+            logprobs=self.logprobs,
+            top_logprobs=self.top_logprobs,
+            prefix_continuation=self.continue_final,
+        )
 
 
 class Generation(BaseModel):

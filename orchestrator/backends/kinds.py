@@ -2,11 +2,13 @@
 
 Each kind is a factory ``(name, config) -> Backend`` registered in
 ``orchestrator.registry.backends``. Built-in kinds: ``openai`` (any OpenAI-compatible server,
-vLLM's included), ``vllm`` (in-process engine), ``embedded`` (the in-process engine on the
-embedded SmolLM2 model) and ``fake`` (the FakeBackend, for tests). A plugin registers another
-kind through the ``ttc.backends`` entry-point group with a callable of the same shape.
-vLLM and torch are imported only when an engine starts (``VLLMEngineBackend.start``), so
-building any backend is cheap and works without the CPU or GPU extras.
+vLLM's included), ``vllm`` (in-process engine) and ``embedded`` (the in-process engine on the
+embedded SmolLM2 model). A plugin registers another kind through the ``ttc.backends``
+entry-point group with a callable of the same shape; the ``fake`` kind (the FakeBackend, for
+tests and demos without a model) is registered that way by this package's own pyproject.toml,
+so production code never imports the test fake. vLLM and torch are imported only when an
+engine starts (``VLLMEngineBackend.start``), so building any backend is cheap and works without
+the CPU or GPU extras.
 """
 
 from __future__ import annotations
@@ -65,17 +67,6 @@ def vllm_backend(name: str, cfg: BackendConfig) -> Backend:
 def embedded(name: str, cfg: BackendConfig) -> Backend:
     """The embedded SmolLM2-135M-Instruct model on the in-process vLLM engine."""
     return embedded_backend(name=name, **cfg.options)
-
-
-@backends.register("fake")
-def fake(name: str, cfg: BackendConfig) -> Backend:
-    """The FakeBackend (tests, demos without a model); ``options`` go to its constructor."""
-    from orchestrator.testing.fake_backend import FakeBackend
-
-    options = dict(cfg.options)
-    if cfg.capabilities is not None:  # the declared override, as for the other kinds
-        options["capabilities"] = cfg.capabilities
-    return FakeBackend(name=name, model=cfg.model or "fake-model", pricing=cfg.pricing, **options)
 
 
 def create_backend(name: str, cfg: BackendConfig) -> Backend:

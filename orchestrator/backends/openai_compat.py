@@ -282,12 +282,7 @@ class OpenAICompatBackend(Backend):
         return kwargs
 
     def _check_capabilities(self, request: GenerationRequest) -> None:
-        needed = Capabilities(
-            logprobs=request.logprobs,
-            top_logprobs=request.top_logprobs,
-            prefix_continuation=request.continue_final,
-        )
-        missing = self.capabilities.missing(needed)
+        missing = self.capabilities.missing(request.required_capabilities())
         if missing:
             hint = (
                 " (prefix continuation needs a vLLM server: set `server: vllm`)"

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import math
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
 from orchestrator.backends.base import Capabilities, GenerationRequest
-from orchestrator.errors import BackendError, BackendUnavailable
+from orchestrator.backends.kinds import create_backend
+from orchestrator.config import BackendConfig
+from orchestrator.errors import BackendError, BackendTimeout, BackendUnavailable, CapabilityError
+from orchestrator.registry import backends
 from orchestrator.testing import FakeBackend, default_text
-from orchestrator.testing.fake_backend import FULL
-from orchestrator.types import Message
+from orchestrator.testing.fake_backend import FULL, fake_kind
+from orchestrator.types import Message, TokenLogprob
 
 
 def chat(question: str = "q", n: int = 1, **kw: object) -> GenerationRequest:
@@ -107,6 +112,64 @@ async def test_logprobs_and_top_logprobs() -> None:
         "No": first.logprob - 2.0,
     }
     assert math.isfinite(first.logprob)
+    (one,) = (await b.generate(chat(logprobs=True, top_logprobs=1))).candidates
+    assert all(t.top == {t.token: t.logprob} for t in one.logprobs or [])  # at most k
+
+
+async def test_token_logprobs_hook_changes_or_drops_the_default() -> None:
+    seen: list[tuple[int, list[str]]] = []
+
+    def flat(req: GenerationRequest, i: int, default: list[TokenLogprob]) -> list[TokenLogprob]:
+        seen.append((i, [t.token for t in default]))
+        return [t.model_copy(update={"logprob": -0.5}) for t in default]
+
+    b = FakeBackend(answers=["42"], token_logprobs=flat)
+    (cand,) = (await b.generate(chat(logprobs=True, max_tokens=3))).candidates
+    assert [t.logprob for t in cand.logprobs or []] == [-0.5, -0.5, -0.5]
+    assert seen == [(0, ["Let", "me", "work"])]  # the returned tokens, after the cut
+    assert (await b.generate(chat())).candidates[0].logprobs is None  # not asked: not called
+    assert len(seen) == 1
+    dropping = FakeBackend(token_logprobs=lambda req, i, default: None)
+    (bare,) = (await dropping.generate(chat(logprobs=True))).candidates
+    assert bare.logprobs is None
+    wrong = FakeBackend(token_logprobs=lambda req, i, default: default[:1])
+    with pytest.raises(ValueError, match="one per token"):
+        await wrong.generate(chat(logprobs=True))
+
+
+async def test_stop_cuts_before_the_first_stop_string() -> None:
+    b = FakeBackend(answers=["42"])
+    (cand,) = (await b.generate(chat(stop=[" step", " work"]))).candidates
+    assert cand.text == "Let me" and cand.tokens == 2 and cand.finish_reason == "stop"
+    (late,) = (await b.generate(chat(stop=["boxed"], max_tokens=3))).candidates
+    assert late.text == "Let me work" and late.finish_reason == "length"  # the length cut first
+    (none,) = (await b.generate(chat(stop=["never there"]))).candidates
+    assert none.text == default_text("42")
+
+
+async def test_undeclared_capabilities_are_refused_before_the_call() -> None:
+    b = FakeBackend(capabilities=Capabilities(logprobs=True, top_logprobs=2))
+    with pytest.raises(CapabilityError, match="top_logprobs>=5"):
+        await b.generate(chat(logprobs=True, top_logprobs=5))
+    partial = [Message(role="user", content="q"), Message(role="assistant", content="Let")]
+    with pytest.raises(CapabilityError, match="prefix_continuation"):
+        await b.generate(GenerationRequest(messages=partial, continue_final=True))
+    assert b.calls == 0 and b.requests == []
+    bare = FakeBackend(capabilities=Capabilities())
+    with pytest.raises(CapabilityError, match=r"'fake'.*logprobs"):
+        await bare.generate(chat(logprobs=True))
+    assert (await bare.generate(chat())).candidates[0].logprobs is None
+
+
+async def test_prefix_continuation_returns_only_the_continuation() -> None:
+    b = FakeBackend(answers=["42"])
+    partial = [Message(role="user", content="q"), Message(role="assistant", content="Let me")]
+    request = GenerationRequest(messages=partial, continue_final=True)
+    (cand,) = (await b.generate(request)).candidates
+    assert "Let me" + cand.text == default_text("42")
+    scripted = FakeBackend(script=lambda req, i: " and more")  # already a continuation
+    (more,) = (await scripted.generate(request)).candidates
+    assert more.text == " and more"
 
 
 async def test_same_seed_same_output_different_seed_different_output() -> None:
@@ -187,6 +250,14 @@ async def test_latency_and_concurrency() -> None:
     assert len(gens) == 20 and b.calls == 20
 
 
+async def test_timeout_and_latency_per_call() -> None:
+    b = FakeBackend(name="slow", latency=lambda call: 30.0 if call == 0 else 0.0, timeout=0.05)
+    with pytest.raises(BackendTimeout, match=r"\[slow\].*0.05s") as info:
+        await asyncio.wait_for(b.generate(chat()), 2.0)
+    assert info.value.retryable and isinstance(info.value.__cause__, TimeoutError)
+    assert len((await asyncio.wait_for(b.generate(chat()), 1.0)).candidates) == 1
+
+
 async def test_latency_is_cancellable() -> None:
     b = FakeBackend(latency=30)
     task = asyncio.create_task(b.generate(chat()))
@@ -206,3 +277,40 @@ def test_custom_capabilities_and_pricing() -> None:
         "logprobs",
         "top_logprobs>=5",
     ]
+
+
+def test_fake_kind_comes_from_the_entry_point() -> None:
+    assert backends.get("fake") is fake_kind
+    cfg = BackendConfig(
+        kind="fake",
+        model="m",
+        capabilities=Capabilities(),
+        options={"answers": ["7"], "latency": 0.5},
+    )
+    backend = create_backend("demo", cfg)
+    assert isinstance(backend, FakeBackend)
+    assert (backend.name, backend.model, backend.latency) == ("demo", "m", 0.5)
+    assert backend.capabilities == Capabilities() and backend.answers == ["7"]
+
+
+def test_production_code_does_not_import_the_test_fake() -> None:
+    root = Path(__file__).resolve().parents[2]
+    offenders = []
+    for package in ("orchestrator", "strategies", "verifiers", "search"):
+        for path in (root / package).rglob("*.py"):
+            if "testing" in path.relative_to(root).parts:
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = (
+                    [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else [node.module or ""]
+                    if isinstance(node, ast.ImportFrom)
+                    else []
+                )
+                if any(
+                    n == "orchestrator.testing" or n.startswith("orchestrator.testing.")
+                    for n in names
+                ):
+                    offenders.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert not offenders, f"production modules importing orchestrator.testing: {offenders}"

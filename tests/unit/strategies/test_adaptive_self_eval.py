@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import random
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -54,11 +53,11 @@ class ProbeScripted(FakeBackend):
         short: Sequence[int] = (),
         **kwargs: Any,
     ) -> None:
-        super().__init__(script=self._text, **kwargs)
+        super().__init__(script=self._text, token_logprobs=self.logprobs_for, **kwargs)
         self.confs, self.plan, self.finals, self.short = confs, answers, finals, set(short)
 
     def probes(self) -> list[GenerationRequest]:
-        return [r for r in self.requests if r.max_tokens == 1 and r.top_logprobs]
+        return [r for r in self.requests if is_probe(r)]
 
     def samples(self) -> list[GenerationRequest]:
         return [r for r in self.requests if r not in self.probes() and not r.continue_final]
@@ -68,6 +67,8 @@ class ProbeScripted(FakeBackend):
 
     def _text(self, request: GenerationRequest, i: int) -> str:
         messages = request.messages or []
+        if is_probe(request):
+            return "No" if probe_p(request) >= 0.5 else "Yes"
         if request.continue_final:
             k = int(PREFIX_ID.match(messages[-1].content).group(1))  # type: ignore[union-attr]
             ans = self.plan[k % len(self.plan)]
@@ -77,15 +78,25 @@ class ProbeScripted(FakeBackend):
             return f"p{i} conf={self.confs[i]} \\boxed{{{ans}}}"
         return f"p{i} conf={self.confs[i]} step step step The answer is \\boxed{{{ans}}}"
 
-    def _candidate(self, request: GenerationRequest, rng: random.Random, index: int) -> Candidate:
-        if not (request.max_tokens == 1 and request.top_logprobs):
-            return super()._candidate(request, rng, index)
-        found = CONF.findall((request.messages or [])[-1].content)
-        p = float(found[-1]) if found else 0.5
+    @staticmethod
+    def logprobs_for(
+        request: GenerationRequest, i: int, default: list[TokenLogprob]
+    ) -> list[TokenLogprob]:
+        if not is_probe(request):
+            return default
+        p = probe_p(request)
         top = {"No": math.log(p), "Yes": math.log(1.0 - p)}
-        token = "No" if p >= 0.5 else "Yes"
-        lp = TokenLogprob(token=token, logprob=top[token], top=top)
-        return Candidate(text=token, tokens=1, logprobs=[lp], finish_reason="length")
+        (token,) = (t.token for t in default)
+        return [TokenLogprob(token=token, logprob=top[token], top=top)]
+
+
+def is_probe(request: GenerationRequest) -> bool:
+    return request.max_tokens == 1 and bool(request.top_logprobs)
+
+
+def probe_p(request: GenerationRequest) -> float:
+    found = CONF.findall((request.messages or [])[-1].content)
+    return float(found[-1]) if found else 0.5
 
 
 async def run(backend: FakeBackend, budget: Budget | None = None, **spec: Any) -> Result:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import random
 from typing import Any
 
 import pytest
@@ -33,19 +32,20 @@ class SignalBackend(FakeBackend):
     """Answers ``answer`` with every token at logprob ``lp``; top-k = the token plus ``alts``."""
 
     def __init__(self, name: str, answer: str, lp: float = -0.1, alts: int = 0, **kw: Any):
-        super().__init__(name, script=lambda req, i: f"The answer is \\boxed{{{answer}}}", **kw)
+        super().__init__(
+            name,
+            script=lambda req, i: f"The answer is \\boxed{{{answer}}}",
+            token_logprobs=self.logprobs_for,
+            **kw,
+        )
         self.lp = lp
         self.alts = alts
 
-    def _candidate(self, request: GenerationRequest, rng: random.Random, index: int) -> Candidate:
-        c = super()._candidate(request, rng, index)
-        if c.logprobs is None:
-            return c
-        positions = []
-        for t in c.logprobs:
-            top = {f"alt{j}": self.lp for j in range(self.alts)} if request.top_logprobs else None
-            positions.append(TokenLogprob(token=t.token, logprob=self.lp, top=top))
-        return c.model_copy(update={"logprobs": positions})
+    def logprobs_for(
+        self, request: GenerationRequest, index: int, default: list[TokenLogprob]
+    ) -> list[TokenLogprob]:
+        top = {f"alt{j}": self.lp for j in range(self.alts)} if request.top_logprobs else None
+        return [TokenLogprob(token=t.token, logprob=self.lp, top=top) for t in default]
 
 
 def two(small: FakeBackend, large: FakeBackend) -> Orchestrator:
@@ -250,11 +250,9 @@ async def test_failed_small_sample_defers_without_measuring() -> None:
 
 
 async def test_small_without_logprobs_in_reply_defers_as_no_signal() -> None:
-    class NoLogprobs(FakeBackend):
-        def _candidate(self, request: GenerationRequest, rng: random.Random, i: int) -> Candidate:
-            return super()._candidate(request, rng, i).model_copy(update={"logprobs": None})
-
-    small, large = NoLogprobs("small", answers=["1"]), FakeBackend("large", answers=["2"])
+    # declares logprobs but its replies carry none (as a server that drops them)
+    small = FakeBackend("small", answers=["1"], token_logprobs=lambda req, i, default: None)
+    large = FakeBackend("large", answers=["2"])
     result = await two(small, large).run(QUESTION, spec())
     assert result.details["reason"] == "no_signal" and result.answer == "2"
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import random
 from typing import Any
 
 import numpy as np
@@ -55,7 +54,7 @@ class PathBackend(FakeBackend):
         texts: dict[int, str] | None = None,
         **kw: Any,
     ) -> None:
-        super().__init__(script=self._script, **kw)
+        super().__init__(script=self._script, token_logprobs=self.logprobs_for, **kw)
         self.plan, self.p, self.texts = answers, p, texts or {}
 
     def _script(self, request: GenerationRequest, i: int) -> str:
@@ -64,14 +63,11 @@ class PathBackend(FakeBackend):
         ans = self.plan[i]
         return f"path{i} " + (f"so the answer is \\boxed{{{ans}}}" if ans else "I am unsure")
 
-    def _candidate(self, request: GenerationRequest, rng: random.Random, index: int) -> Candidate:
-        c = super()._candidate(request, rng, index)
-        if c.logprobs is None:
-            return c
+    def logprobs_for(
+        self, request: GenerationRequest, index: int, default: list[TokenLogprob]
+    ) -> list[TokenLogprob]:
         lp = math.log(self.p[index])
-        return c.model_copy(
-            update={"logprobs": [t.model_copy(update={"logprob": lp}) for t in c.logprobs]}
-        )
+        return [t.model_copy(update={"logprob": lp}) for t in default]
 
 
 def spans(node: dict[str, Any], name: str) -> list[dict[str, Any]]:

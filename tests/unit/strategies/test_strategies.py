@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Mapping
 
 import pytest
@@ -15,7 +14,7 @@ from orchestrator.registry import verifiers as verifier_registry
 from orchestrator.runner import Orchestrator
 from orchestrator.stats import coverage_curve
 from orchestrator.testing import FakeBackend
-from orchestrator.types import Candidate, Problem, Result, Score
+from orchestrator.types import Candidate, Problem, Result, Score, TokenLogprob
 from strategies import build_strategy
 from strategies.best_of_n import BestOfN
 from strategies.repeated_sampling import RepeatedSampling
@@ -40,7 +39,7 @@ class PatternBackend(FakeBackend):
     """A FakeBackend whose per-token logprobs are set per candidate index (by text)."""
 
     def __init__(self, answers: list[str], logprob: Mapping[int, float], **kw: object) -> None:
-        super().__init__(script=self._script, **kw)  # type: ignore[arg-type]
+        super().__init__(script=self._script, token_logprobs=self.logprobs_for, **kw)  # type: ignore[arg-type]
         self.plan = answers
         self.logprob = logprob
 
@@ -49,14 +48,11 @@ class PatternBackend(FakeBackend):
         body = "no final answer here" if ans == "" else f"The answer is \\boxed{{{ans}}}"
         return f"path{i} {body}"
 
-    def _candidate(self, request: GenerationRequest, rng: random.Random, index: int) -> Candidate:
-        c = super()._candidate(request, rng, index)
-        if c.logprobs is None:
-            return c
+    def logprobs_for(
+        self, request: GenerationRequest, index: int, default: list[TokenLogprob]
+    ) -> list[TokenLogprob]:
         lp = self.logprob[index]
-        return c.model_copy(
-            update={"logprobs": [t.model_copy(update={"logprob": lp}) for t in c.logprobs]}
-        )
+        return [t.model_copy(update={"logprob": lp}) for t in default]
 
 
 def orch(backend: FakeBackend) -> Orchestrator:
