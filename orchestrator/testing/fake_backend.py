@@ -54,7 +54,7 @@ from orchestrator.errors import BackendTimeout, BackendUnavailable, CapabilityEr
 from orchestrator.types import Candidate, TokenLogprob
 
 if TYPE_CHECKING:
-    from orchestrator.config import BackendConfig
+    from orchestrator.backends.config import BackendConfig
 
 Script = Callable[[GenerationRequest, int], str]
 """``(request, sample index) -> text``: the completion text of one sample (before any cut)."""
