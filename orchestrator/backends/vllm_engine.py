@@ -36,8 +36,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from orchestrator.backends.base import Backend, Capabilities, Generation, GenerationRequest, Pricing
-from orchestrator.backends.embedded import EMBEDDED_MODEL_NAME, ensure_embedded_model
-from orchestrator.errors import BackendError, BackendProtocolError, BackendRequestError
+from orchestrator.backends.embedded import (
+    EMBEDDED_MODEL_NAME,
+    embedded_model_dir,
+    ensure_embedded_model,
+)
+from orchestrator.errors import (
+    BackendError,
+    BackendProtocolError,
+    BackendRequestError,
+    TTCError,
+)
 from orchestrator.types import Candidate, TokenLogprob
 
 if TYPE_CHECKING:
@@ -258,20 +267,43 @@ class VLLMEngineBackend(Backend):
         )
 
 
+class EmbeddedBackend(VLLMEngineBackend):
+    """The in-process engine on the embedded SmolLM2-135M-Instruct model.
+
+    Building it is free: the model is converted (once per cache, see ``ensure_embedded_model``)
+    when the engine starts, so a run that is refused before its first call never pays for it.
+    ``options`` go to ``VLLMEngineBackend`` (``max_model_len``, ``engine_kwargs``, ``pricing``).
+    """
+
+    def __init__(
+        self,
+        name: str = "local",
+        cache_dir: str | Path | None = None,
+        progress: Callable[[str], None] | None = None,
+        **options: Any,
+    ) -> None:
+        options.setdefault("served_model_name", EMBEDDED_MODEL_NAME)
+        super().__init__(name, str(embedded_model_dir(cache_dir)), **options)
+        self.cache_dir = cache_dir
+        self.progress = progress
+
+    async def start(self) -> None:
+        """Convert the model if needed (in a worker thread), then start the engine."""
+        try:
+            await asyncio.to_thread(ensure_embedded_model, self.cache_dir, progress=self.progress)
+        except TTCError as exc:
+            raise BackendError(str(exc), backend=self.name) from exc
+        await super().start()
+
+
 def embedded_backend(
     name: str = "local",
     cache_dir: str | Path | None = None,
     progress: Callable[[str], None] | None = None,
     **options: Any,
 ) -> VLLMEngineBackend:
-    """The in-process engine on the embedded SmolLM2-135M-Instruct model.
-
-    Converts the model on first use (see ``ensure_embedded_model``); ``options`` go to
-    ``VLLMEngineBackend`` (``max_model_len``, ``engine_kwargs``, ``pricing``, ...).
-    """
-    model_dir = ensure_embedded_model(cache_dir, progress=progress)
-    options.setdefault("served_model_name", EMBEDDED_MODEL_NAME)
-    return VLLMEngineBackend(name, str(model_dir), **options)
+    """The in-process engine on the embedded model (an ``EmbeddedBackend``)."""
+    return EmbeddedBackend(name, cache_dir, progress, **options)
 
 
 def _on_cpu() -> bool:

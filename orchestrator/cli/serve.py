@@ -74,12 +74,9 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def service_orchestrator(settings: ServiceSettings) -> Orchestrator:
-    """The Orchestrator of ``settings`` with every declared backend built (not started), so
-    that one that cannot be built is reported now (see the module docstring)."""
-    orch = Orchestrator.from_config(
-        settings.backends_file, default_backend=settings.default_backend, progress=say
-    )
+def build_declared(orch: Orchestrator) -> None:
+    """Build (not start) every declared backend, so that one that cannot be built is reported
+    now (see the module docstring); the default one must build."""
     for name in orch.backends:
         try:
             orch.resolve(name)
@@ -87,7 +84,6 @@ def service_orchestrator(settings: ServiceSettings) -> Orchestrator:
             if name == orch.default_backend:
                 raise
             say(f"WARNING: backend {name!r} is not served: {exc}")
-    return orch
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -109,9 +105,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s"
     )
-    orch = service_orchestrator(settings)
+    orch = Orchestrator.from_config(
+        settings.backends_file, default_backend=settings.default_backend, progress=say
+    )
     try:
-        asyncio.run(check_default_strategy(orch, settings))
+        asyncio.run(check_default_strategy(orch, settings))  # before any backend is built
+        build_declared(orch)
     except BaseException:
         with contextlib.suppress(Exception):
             asyncio.run(orch.aclose())

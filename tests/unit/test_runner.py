@@ -98,6 +98,48 @@ async def test_from_config_and_context_manager(tmp_path: Path) -> None:
     assert Orchestrator.from_config(path, default_backend="one").default_backend == "one"
 
 
+LAZY = {
+    "default": "fake",
+    "backends": {
+        "fake": {"kind": "fake", "options": {"answers": ["42"]}},
+        "other": {"kind": "fake", "model": "other-model"},
+        "remote": {
+            "kind": "openai",
+            "base_url": "http://127.0.0.1:9/v1",
+            "model": "m",
+            "api_key_env": "TTC_TEST_UNSET_KEY",
+        },
+    },
+}
+
+
+async def test_from_config_builds_only_what_runs_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A declared backend whose key is unset costs nothing until a run names it; a bad spec is
+    refused before any backend is built or started."""
+    monkeypatch.delenv("TTC_TEST_UNSET_KEY", raising=False)
+    started: list[str] = []
+    monkeypatch.setattr(FakeBackend, "start", lambda self: _record(started, self.name))
+    async with Orchestrator.from_config(LAZY) as orch:
+        assert sorted(orch.backends) == ["fake", "other", "remote"] and orch.built() == {}
+        with pytest.raises(RegistryError, match="unknown strategy 'nope'"):
+            await orch.run(QUESTION, "nope")
+        with pytest.raises(ConfigError, match="n: "):
+            await orch.run(QUESTION, {"strategy": "self_consistency", "n": 0})
+        assert orch.built() == {} and started == []
+        assert (await orch.run(QUESTION, "single")).answer == "42"
+        assert list(orch.built()) == ["fake"] and started == ["fake"]
+        await orch.run(QUESTION, "single")
+        assert started == ["fake"]  # started once
+        with pytest.raises(ConfigError, match="TTC_TEST_UNSET_KEY"):
+            await orch.run(QUESTION, "single", backend="remote")
+        await orch.run(QUESTION, {"strategy": "single", "backend": "other"})
+        assert sorted(orch.built()) == ["fake", "other"]
+
+
+async def _record(started: list[str], name: str) -> None:
+    started.append(name)
+
+
 async def test_aclose_closes_every_backend() -> None:
     closed: list[str] = []
 

@@ -230,3 +230,49 @@ def test_a_new_study_does_not_resume_an_old_studys_records(
     if "s" in optuna.get_all_study_names(url):  # refusing before any trial is fine too
         states = [t.state for t in optuna.load_study(study_name="s", storage=url).trials]
         assert TrialState.FAIL not in states
+
+
+TWO_BACKENDS = """\
+default: alpha
+backends:
+  alpha:
+    kind: fake
+    model: model-a
+    options: {answers: ['42']}
+  beta:
+    kind: fake
+    model: model-b
+    options: {answers: ['41']}
+  remote:
+    kind: openai
+    base_url: http://127.0.0.1:9/v1
+    model: never-used
+    api_key_env: TTC_TEST_KEY_THAT_IS_NOT_SET
+"""
+
+TWO_BACKEND_SPACE = """\
+rungs: [1.0]
+backends: [alpha, beta]
+common: {max_tokens: 16, temperature: 0.5}
+strategies:
+  self_consistency: {n: {choices: [1, 2]}}
+"""
+
+
+def test_a_space_with_two_backends_runs_trials_on_both(
+    cwd: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every declared backend a composition names is built when a trial needs it (the third,
+    a remote API whose key is not set, is never built, so its missing key does not matter)."""
+    (cwd / "two.yaml").write_text(TWO_BACKENDS)
+    (cwd / "space2.yaml").write_text(TWO_BACKEND_SPACE)
+    args = run_args("--sampler", "grid", space="space2.yaml", trials="4")
+    args[args.index("b.yaml")] = "two.yaml"
+    assert main(args) == 0, capsys.readouterr().err
+    done = study().get_trials(states=(TrialState.COMPLETE,))
+    backend_of = {t.number: t.user_attrs["spec"]["backend"] for t in done}
+    assert sorted(backend_of.values()) == ["alpha", "alpha", "beta", "beta"]
+    for t in done:
+        records = (cwd / "runs/search/s" / f"trial-{t.number}" / "records.jsonl").read_text()
+        answers = {json.loads(line)["answer"] for line in records.splitlines()}
+        assert answers == ({"42"} if backend_of[t.number] == "alpha" else {"41"})

@@ -224,7 +224,7 @@ def test_solve_human_output_scores_pass_at_k_and_exhaustion(
 def test_solve_named_config(
     capsys: pytest.CaptureFixture[str], backends_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.chdir(REPO)
+    monkeypatch.chdir(backends_file.parent)  # named configs do not depend on the working dir
     data = solve_json(capsys, backends_file, "--strategy", "sc8")
     assert data["strategy"] == "self_consistency" and len(data["candidates"]) == 8
     data = solve_json(capsys, backends_file, "--strategy", "best_of_sc", "--n", "2")
@@ -247,7 +247,7 @@ def test_solve_config_file(
 def test_unknown_strategy_exits_2_with_known_names(
     capsys: pytest.CaptureFixture[str], backends_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.chdir(REPO)
+    monkeypatch.chdir(backends_file.parent)
     code = main(["solve", QUESTION, "--backends", str(backends_file), "--strategy", "nope"])
     captured = capsys.readouterr()
     assert code == 2 and captured.out == ""
