@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.backends.base import Capabilities, GenerationRequest
-from orchestrator.backends.kinds import create_backend
 from orchestrator.backends.config import BackendConfig
+from orchestrator.backends.kinds import create_backend
 from orchestrator.errors import BackendError, BackendTimeout, BackendUnavailable, CapabilityError
 from orchestrator.registry import backends
 from orchestrator.testing import FakeBackend, default_text

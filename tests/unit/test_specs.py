@@ -48,7 +48,7 @@ def test_named_spec_and_messages(catalog: Catalog) -> None:
         catalog.named_spec("nope")
     msg = str(info.value)
     assert "unknown strategy 'nope'" in msg and "best_of_n" in msg and "mine" in msg
-    with pytest.raises(ConfigError, match="broken.yaml: expected a mapping with a 'strategy'"):
+    with pytest.raises(ConfigError, match=r"broken\.yaml: expected a mapping with a 'strategy'"):
         catalog.named_spec("broken")
     assert catalog.available()[-2:] == ["broken", "mine"]
 

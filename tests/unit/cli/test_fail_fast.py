@@ -10,6 +10,7 @@ process would have appeared among the command's descendants.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -39,10 +40,8 @@ def run_ttc(tmp_path: Path, *args: str) -> tuple[int, str, float, set[str]]:
     seen: set[str] = set()
     parent = psutil.Process(proc.pid)
     while proc.poll() is None and time.monotonic() - t0 < 120:
-        try:
+        with contextlib.suppress(psutil.Error):
             seen.update(c.name() for c in parent.children(recursive=True))
-        except psutil.Error:
-            pass
         time.sleep(0.05)
     _, err = proc.communicate(timeout=60)
     return proc.returncode, err, time.monotonic() - t0, seen
@@ -57,15 +56,30 @@ CASES = {
         "unknown strategy 'nope'",
     ),
     "eval bad field": (
-        ["eval", "--dataset", "builtin:addition?n=3", "--strategy", "best_of_n",
-         "--verifier", "no_such_verifier"],
+        [
+            "eval",
+            "--dataset",
+            "builtin:addition?n=3",
+            "--strategy",
+            "best_of_n",
+            "--verifier",
+            "no_such_verifier",
+        ],
         "unknown verifier 'no_such_verifier'",
-    ),  # fmt: skip
+    ),
     "search bad space": (
-        ["search", "run", "--space", "missing.yaml", "--dataset", "builtin:addition?n=3",
-         "--study", "s"],
+        [
+            "search",
+            "run",
+            "--space",
+            "missing.yaml",
+            "--dataset",
+            "builtin:addition?n=3",
+            "--study",
+            "s",
+        ],
         "missing.yaml",
-    ),  # fmt: skip
+    ),
 }
 
 
