@@ -51,8 +51,8 @@ def _allowed(module: str) -> bool:
 
 
 def _commented(lines: list[str], lineno: int) -> bool:
-    """A ``#`` comment on the import line or on one of the two lines above it."""
-    return any("#" in lines[i] for i in range(max(0, lineno - 3), lineno))
+    """A ``#`` comment on the import line or on one of the three lines above it."""
+    return any("#" in lines[i] for i in range(max(0, lineno - 4), lineno))
 
 
 def test_function_local_imports_are_only_heavy_optional_dependencies() -> None:
