@@ -28,7 +28,7 @@ def pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # only after use("Agg"), hence here too
 
     return plt
 
