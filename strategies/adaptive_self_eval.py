@@ -69,7 +69,7 @@ from strategies._self_eval_helpers import (
     top_indices,
     without_partial_answers,
 )
-from strategies.base import SamplingConfig, Strategy, StrategySpec, build_strategy
+from strategies.base import InnerStrategy, SamplingConfig, StrategySpec
 from strategies.sampling import Collected, run_children, sample
 from verifiers.self_eval import SelfEval
 
@@ -129,7 +129,7 @@ class AdaptiveSelfEvalConfig(SamplingConfig):
 
 
 @strategies.register("adaptive_self_eval")
-class AdaptiveSelfEval(Strategy):
+class AdaptiveSelfEval(InnerStrategy):
     """Adaptive sampling or early pruning driven by the model's own "do better?" probe."""
 
     Config = AdaptiveSelfEvalConfig
@@ -137,7 +137,6 @@ class AdaptiveSelfEval(Strategy):
     def __init__(self, config: Any = None, **kwargs: Any) -> None:
         super().__init__(config, **kwargs)
         cfg = self.config
-        self.inner = None if cfg.inner is None else build_strategy(cfg.inner)
         self.probe = SelfEval(
             mode="capability",
             backend=cfg.backend,
@@ -153,9 +152,6 @@ class AdaptiveSelfEval(Strategy):
             top_logprobs=cfg.top_logprobs,
             prefix_continuation=cfg.mode == "prune",
         )
-
-    def children(self) -> list[Strategy]:
-        return [self.inner] if self.inner is not None else []
 
     def verifiers(self) -> list[Any]:
         return [self.probe]

@@ -161,6 +161,19 @@ class Strategy(abc.ABC):
         return {"strategy": self.name, **self.config.model_dump(exclude_defaults=True)}
 
 
+class InnerStrategy(Strategy):
+    """Base of strategies whose config has an optional child strategy ``inner`` (a spec): the
+    child is built once, here, and reported by ``children()``; None when the config has none."""
+
+    def __init__(self, config: Any = None, **kwargs: Any) -> None:
+        super().__init__(config, **kwargs)
+        spec = self.config.inner
+        self.inner: Strategy | None = None if spec is None else build_strategy(spec)
+
+    def children(self) -> list[Strategy]:
+        return [self.inner] if self.inner is not None else []
+
+
 def build_strategy(spec: StrategySpec | Strategy) -> Strategy:
     """A strategy from a name, a spec dict ``{"strategy": name, **config}`` or an instance."""
     if isinstance(spec, Strategy):

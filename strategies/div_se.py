@@ -41,7 +41,7 @@ from orchestrator.answers import extract_answer
 from orchestrator.context import RunContext
 from orchestrator.registry import strategies
 from orchestrator.types import Candidate, Problem, Result, ScoredCandidate
-from strategies.base import SamplingConfig, Strategy, StrategySpec, build_strategy
+from strategies.base import InnerStrategy, SamplingConfig, Strategy, StrategySpec
 from strategies.div_se_approaches import MATH_APPROACHES, load_approaches
 from strategies.sampling import Collected, base_details, result_candidate, sample
 from strategies.voting import vote
@@ -255,17 +255,10 @@ class DivSEConfig(DiversityConfig):
 
 
 @strategies.register("div_se")
-class DivSE(DiversityStrategy):
+class DivSE(InnerStrategy, DiversityStrategy):
     """DIV-SE: one call per approach, in parallel, then a majority vote (Naik et al. 2023)."""
 
     Config = DivSEConfig
-
-    def __init__(self, config: Any = None, **kwargs: Any) -> None:
-        super().__init__(config, **kwargs)
-        self.inner = None if self.config.inner is None else build_strategy(self.config.inner)
-
-    def children(self) -> list[Strategy]:
-        return [self.inner] if self.inner is not None else []
 
     async def run(self, problem: Problem, ctx: RunContext) -> Result:
         async with asyncio.TaskGroup() as tg:

@@ -42,7 +42,7 @@ from orchestrator.context import RunContext
 from orchestrator.registry import strategies
 from orchestrator.trace import Span
 from orchestrator.types import Candidate, Problem, Result, ScoredCandidate
-from strategies.base import SamplingConfig, Strategy, StrategySpec, build_strategy
+from strategies.base import InnerStrategy, SamplingConfig, StrategySpec
 from strategies.sampling import Collected, run_children, sample
 from strategies.voting import vote
 
@@ -107,17 +107,10 @@ class _Progress:
 
 
 @strategies.register("early_stopping_sc")
-class EarlyStoppingSC(Strategy):
+class EarlyStoppingSC(InnerStrategy):
     """Self-consistency in batches with Adaptive-Consistency's Beta stopping rule."""
 
     Config = EarlyStoppingSCConfig
-
-    def __init__(self, config: Any = None, **kwargs: Any) -> None:
-        super().__init__(config, **kwargs)
-        self.inner = None if self.config.inner is None else build_strategy(self.config.inner)
-
-    def children(self) -> list[Strategy]:
-        return [self.inner] if self.inner is not None else []
 
     async def run(self, problem: Problem, ctx: RunContext) -> Result:
         prog = await self._collect(problem, ctx)

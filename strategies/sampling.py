@@ -17,10 +17,10 @@ from orchestrator.context import RunContext
 from orchestrator.errors import BackendError, BudgetExhausted
 from orchestrator.types import Candidate, Problem, Result, ScoredCandidate
 from strategies.base import (
+    InnerStrategy,
     SamplingConfig,
     Strategy,
     StrategySpec,
-    build_strategy,
     search_hint,
 )
 
@@ -104,17 +104,10 @@ class NSamplesConfig(SamplingConfig):
     )
 
 
-class NSamplesStrategy(Strategy):
+class NSamplesStrategy(InnerStrategy):
     """Base of strategies that gather N candidates first (best_of_n, self_consistency, ...)."""
 
     Config = NSamplesConfig
-
-    def __init__(self, config: Any = None, **kwargs: Any) -> None:
-        super().__init__(config, **kwargs)
-        self.inner = None if self.config.inner is None else build_strategy(self.config.inner)
-
-    def children(self) -> list[Strategy]:
-        return [self.inner] if self.inner is not None else []
 
     def wants_logprobs(self) -> bool:
         """Whether direct samples should carry logprobs (subclasses decide)."""

@@ -51,7 +51,7 @@ from orchestrator.context import RunContext
 from orchestrator.errors import BudgetExhausted
 from orchestrator.registry import strategies
 from orchestrator.types import Problem, Result, Score, ScoredCandidate
-from strategies.base import SamplingConfig, Strategy, StrategySpec, build_strategy
+from strategies.base import InnerStrategy, SamplingConfig, StrategySpec
 from strategies.sampling import Collected, run_children, sample
 from verifiers.base import VerifierSpec, build_verifier
 
@@ -185,7 +185,7 @@ class Attempts:
 
 
 @strategies.register("verified_resampling")
-class VerifiedResampling(Strategy):
+class VerifiedResampling(InnerStrategy):
     """Resample until the verifier accepts, at most K* attempts (see the module docstring)."""
 
     Config = VerifiedResamplingConfig
@@ -193,10 +193,6 @@ class VerifiedResampling(Strategy):
     def __init__(self, config: Any = None, **kwargs: Any) -> None:
         super().__init__(config, **kwargs)
         self.verifier = build_verifier(self.config.verifier)
-        self.inner = None if self.config.inner is None else build_strategy(self.config.inner)
-
-    def children(self) -> list[Strategy]:
-        return [self.inner] if self.inner is not None else []
 
     def verifiers(self) -> list[Any]:
         return [self.verifier]
