@@ -162,9 +162,9 @@ class Orchestrator:
             used: dict[str, Backend] = {}
 
             def record(name: str | None) -> Backend:
-                b = self.resolve(name or default)
-                used[b.name] = b
-                return b
+                key = name or default  # the name in this Orchestrator, not ``Backend.name``
+                used[key] = self.resolve(key)
+                return used[key]
 
             strat.check(record)  # names every backend the tree uses
             for b in used.values():

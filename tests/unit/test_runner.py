@@ -524,3 +524,14 @@ async def test_run_leaves_a_caller_owned_strategy_open() -> None:
     strategy = build_strategy({"strategy": "best_of_n", "n": 2, "verifier": "_test_closing"})
     await Orchestrator([FakeBackend()]).run(QUESTION, strategy)
     assert _Closing.closed == 0
+
+
+async def test_backends_are_started_by_their_name_in_the_orchestrator() -> None:
+    """One backend object under two names (``small`` and ``large``) starts once per name used."""
+    engine = FakeBackend(name="engine-object")
+    orch = Orchestrator({"small": engine, "large": engine}, "small")
+    spec = {"strategy": "best_of_n", "n": 1, "verifier": "majority_vote",
+            "inner": {"strategy": "single", "backend": "large"}}  # fmt: skip
+    assert (await orch.run(QUESTION, spec)).answer is not None
+    _, used = await orch.prepare({"strategy": "single", "backend": "large"})
+    assert used == ["large"]
