@@ -23,6 +23,7 @@ from orchestrator.api.errors import APIError
 from orchestrator.api.protocol import (
     ChatCompletionRequest,
     ChatMessage,
+    FinishReason,
     ReasonRequest,
     TTCOptions,
 )
@@ -182,14 +183,13 @@ def build_requests(
 # -- runs -> response --------------------------------------------------------------------------
 
 
-def choice_of(record: RunRecord) -> tuple[str, str]:
+def choice_of(record: RunRecord) -> tuple[str, FinishReason]:
     """(content, finish_reason) of a succeeded run."""
     result = record.result or {}
     cand = result.get("candidate")
     if cand is None:
         return "", "length" if result.get("budget_exhausted") else "stop"
-    finish = cand.get("finish_reason")
-    return cand.get("text", ""), finish if finish in ("stop", "length") else "stop"
+    return cand.get("text", ""), "length" if cand.get("finish_reason") == "length" else "stop"
 
 
 def usage_total(records: Sequence[RunRecord]) -> dict[str, int]:

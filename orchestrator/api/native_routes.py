@@ -45,6 +45,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from orchestrator.api.auth import require_key
+from orchestrator.api.disconnect import CLIENT_GONE, ClientDisconnected, until_disconnect
 from orchestrator.api.errors import (
     ERROR_RESPONSES,
     APIError,
@@ -131,14 +132,6 @@ async def _visible_record(request: Request, run_id: str, key: ApiKey | None) -> 
 # -- runs --------------------------------------------------------------------------------------
 
 
-async def _wait_for_disconnect(request: Request) -> None:
-    """Return when the client disconnects (the request body was already read)."""
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return
-
-
 async def _submit(request: Request, body: ReasonRequest, key: ApiKey | None) -> JSONResponse:
     run_id = await _runs(request).submit(body, key_id=key.id if key else None)
     links = _links(run_id)
@@ -169,21 +162,10 @@ async def reason(
     if run_async:
         return await _submit(request, body, key)
     runs = _runs(request)
-    task = asyncio.ensure_future(runs.run(body, key_id=key.id if key else None))
-    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
     try:
-        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:  # also when this handler is cancelled: the run goes with it
-        watcher.cancel()
-        if not task.done():
-            task.cancel()
-    if task not in done:  # the client went away first: its run is being cancelled
-        await asyncio.wait({task})
-        if not task.cancelled():
-            task.exception()  # retrieved: nobody is left to answer
-        log.info("client disconnected; its run was cancelled")
-        return Response(status_code=499)
-    record = task.result()
+        record = await until_disconnect(request, runs.run(body, key_id=key.id if key else None))
+    except ClientDisconnected:
+        return Response(status_code=CLIENT_GONE)
     _raise_unless_succeeded(record, runs.closing)
     result = present_result(record.result, body.options)
     return {"run_id": record.id, "status": record.status, "result": result, "usage": record.usage}

@@ -1,11 +1,12 @@
-"""RunManager: the service's runs in flight, persisted in the RunStore, observable as events.
+"""RunManager: the service's runs in flight: the queue, their tasks, cancellation and shutdown.
 
 Lifecycle: ``submit`` validates the request (a bad strategy, config, backend or capability
 raises ConfigError / RegistryError / CapabilityError before anything is stored), stores the run
 ``queued`` and starts a task. The task waits for one of ``settings.max_concurrent_runs`` slots,
-marks the run ``running``, runs it with ``Orchestrator.run`` and stores the final status once:
-``succeeded`` (a candidate, or stopped by its budget); ``failed`` (no candidate because the
-backend failed: ``error.type`` ``backend_error``, ``code`` from the failed calls; or an
+marks the run ``running``, runs it with ``Orchestrator.run`` and hands the outcome to the
+RunRecorder (``orchestrator.api.run_recorder``: storage, metrics, billing, the final event)
+once: ``succeeded`` (a candidate, or stopped by its budget); ``failed`` (no candidate because
+the backend failed: ``error.type`` ``backend_error``, ``code`` from the failed calls; or an
 exception, see ``errors.error_dict``: internal errors are logged with the run id, stored with a
 generic message); ``cancelled`` (``cancel``, the client of ``run`` going away, or shutdown; the
 error says why, ``usage`` holds what the run spent).
@@ -13,9 +14,8 @@ error says why, ``usage`` holds what the run spent).
 Events (``RunEvent``, ``seq`` 0, 1, ... per run): ``status`` (queued, running), a ``progress``
 per closed trace span (span, kind, seconds, tokens, error, running ``usage``), then a final
 ``result`` (succeeded) or ``error`` event whose ``data`` is the final RunRecord as JSON. A live
-run's events are replayed, then followed; a finished run yields its final event only (real
-``seq`` while among the recent runs kept in memory, else ``FINAL_SEQ``). Finished runs are
-counted in the metrics and their tokens charged to the API key that created them.
+run's events are replayed, then followed; a finished run yields its final event only (see
+``RunRecorder.final_events``).
 """
 
 from __future__ import annotations
@@ -24,25 +24,19 @@ import asyncio
 import contextlib
 import copy
 import logging
-import time
 import uuid
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Sequence
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING
 
 from orchestrator.api.errors import APIError, error_dict, no_answer_error, not_found
 from orchestrator.api.live import LiveRun, cancelled_error
-from orchestrator.api.protocol import (
-    ReasonRequest,
-    RunEvent,
-    final_event_type,
-)
+from orchestrator.api.protocol import ReasonRequest, RunEvent
+from orchestrator.api.run_recorder import FINAL_SEQ, RECENT_RUNS, RunRecorder
 from orchestrator.errors import ConfigError
 from orchestrator.runner import Orchestrator
-from orchestrator.specs import resolve_spec, result_json
+from orchestrator.specs import resolve_spec
 from orchestrator.store.run_store import RunRecord
-from orchestrator.types import Result, Usage
+from orchestrator.types import Result
 
 if TYPE_CHECKING:
     from orchestrator.api.prometheus import ServiceMetrics
@@ -50,12 +44,10 @@ if TYPE_CHECKING:
     from orchestrator.store.keys import KeyStore
     from orchestrator.store.run_store import RunStore
 
+__all__ = ["DISCONNECTED", "FINAL_SEQ", "RECENT_RUNS", "SHUTDOWN", "RunEvent", "RunManager"]
+
 log = logging.getLogger(__name__)
 
-FINAL_SEQ = 2**31 - 1
-"""``seq`` of the final event of a run no longer kept in memory (after every real seq)."""
-RECENT_RUNS = 128
-"""Finished runs kept in memory (final record and event) for fast reads and event replay."""
 MODEL_OVERRIDE_KINDS = frozenset({"openai", "fake"})
 """Backend kinds whose model can be switched per request (they send the model name)."""
 DISCONNECTED = "the client disconnected before the run finished"
@@ -63,7 +55,8 @@ SHUTDOWN = "the service shut down before the run finished"
 
 
 class RunManager:
-    """Submits, runs, cancels and follows runs (see the module docstring).
+    """Submits, runs, cancels and follows runs (see the module docstring); their status
+    changes are recorded by its ``recorder``.
 
     Args:
         orch: the Orchestrator (started by the caller).
@@ -84,11 +77,9 @@ class RunManager:
     ) -> None:
         self.orch = orch
         self.store = store
-        self.metrics = metrics
         self.settings = settings
-        self.key_store = key_store
+        self.recorder = RunRecorder(store, metrics, key_store)
         self._live: dict[str, LiveRun] = {}
-        self._recent: OrderedDict[str, tuple[RunRecord, RunEvent]] = OrderedDict()
         self._slots = asyncio.Semaphore(settings.max_concurrent_runs)
         self._closing = False
 
@@ -202,11 +193,7 @@ class RunManager:
         cancelled = False
         try:
             async with self._slots:
-                live.record = live.record.model_copy(
-                    update={"status": "running", "started_at": datetime.now(UTC)}
-                )
-                await self._quietly(self.store.mark_running(live.id), live.id, "mark running")
-                live.emit("status", {"status": "running"})
+                await self.recorder.mark_running(live)
                 req = live.request
                 result = await live.orch.run(
                     req.as_problem(),
@@ -229,62 +216,11 @@ class RunManager:
             else:
                 log.info("run %s failed: %s", live.id, exc)
         live.finalizing = True
-        await self._finalize(live, status, result, error)
-        if cancelled:
-            raise asyncio.CancelledError
-
-    async def _finalize(
-        self, live: LiveRun, status: str, result: Result | None, error: dict[str, Any] | None
-    ) -> None:
-        """Store the final status once, count it, charge the key, emit the final event."""
-        try:
-            await live.strategy.aclose()
-        except Exception:
-            log.exception("closing the strategy of run %s failed", live.id)
-        keep = bool(live.request.options.get("include_logprobs", False))
-        usage = result.usage if result is not None else Usage.model_validate(live.usage_now())
-        data = None
-        if result is not None:
-            try:
-                data = result_json(result.model_copy(update={"run_id": live.id}), keep)
-            except Exception:  # e.g. a plugin put a value that is not JSON in the trace
-                log.exception("the result of run %s cannot be stored as JSON", live.id)
-                status, error = "failed", error_dict(RuntimeError())
-        usage_json = usage.model_dump(mode="json")
-        await self._quietly(
-            self.store.finish(live.id, status, result=data, usage=usage_json, error=error),
-            live.id,
-            "store the final status of",
-        )
-        now = datetime.now(UTC)
-        update = {"status": status, "finished_at": now, "result": data, "usage": usage_json}
-        record = live.record.model_copy(update={**update, "error": error})
-        live.record = record
-        if self.metrics is not None:
-            try:
-                seconds = time.perf_counter() - live.t0
-                self.metrics.observe_run(live.strategy.name, status, seconds, result)
-            except Exception:
-                log.exception("metrics failed for run %s", live.id)
-        key_id = record.key_id
-        if self.key_store is not None and key_id and usage.total_tokens:
-            await self._quietly(
-                self.key_store.add_tokens(key_id, usage.total_tokens), live.id, "charge tokens of"
-            )
-        event = live.emit(final_event_type(status), record.model_dump(mode="json"))
-        self._recent[live.id] = (record, event)
-        while len(self._recent) > RECENT_RUNS:
-            self._recent.popitem(last=False)
+        await self.recorder.finish(live, status, result, error)
         self._live.pop(live.id, None)
         live.done.set()
-
-    @staticmethod
-    async def _quietly(op: Awaitable[object], run_id: str, what: str) -> None:
-        """Await a store write; a failure is logged, never fatal to the run."""
-        try:
-            await op
-        except Exception as exc:
-            log.error("could not %s run %s: %s", what, run_id, exc)
+        if cancelled:
+            raise asyncio.CancelledError
 
     # -- reading, waiting, cancelling ------------------------------------------------------
 
@@ -293,10 +229,7 @@ class RunManager:
         live = self._live.get(run_id)
         if live is not None:
             return live.snapshot()
-        if run_id in self._recent:
-            return self._recent[run_id][0]
-        record: RunRecord | None = await self.store.get(run_id)
-        return record
+        return await self.recorder.get(run_id)
 
     async def wait(self, run_id: str, timeout: float | None = None) -> RunRecord:
         """The final record, or the current one after ``timeout`` seconds. Waiting (and being
@@ -338,21 +271,7 @@ class RunManager:
         unknown run. A run live at the call is replayed from its first event even if it
         finishes before the iteration starts."""
         live = self._live.get(run_id)
-        return live.follow() if live is not None else self._final(run_id)
-
-    async def _final(self, run_id: str) -> AsyncIterator[RunEvent]:
-        if run_id in self._recent:
-            yield self._recent[run_id][1]
-            return
-        record = await self.store.get(run_id)
-        if record is None:
-            raise not_found("run", run_id)
-        if record.finished:
-            kind, seq = final_event_type(record.status), FINAL_SEQ
-            data = record.model_dump(mode="json")
-        else:  # owned by another process sharing the store: its status only
-            kind, seq, data = "status", 0, {"status": record.status}
-        yield RunEvent(run_id=run_id, seq=seq, type=kind, data=data)
+        return live.follow() if live is not None else self.recorder.final_events(run_id)
 
     # -- shutdown --------------------------------------------------------------------------
 
