@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.api.errors import APIError
+from orchestrator.api.policy import RequestPolicy, is_model_override
 from orchestrator.api.protocol import (
     ChatCompletionRequest,
     ChatMessage,
@@ -28,7 +30,9 @@ from orchestrator.api.protocol import (
     TTCOptions,
 )
 from orchestrator.errors import RegistryError
+from orchestrator.runner import Orchestrator
 from orchestrator.specs import Catalog, apply_overrides, config_fields, resolve_spec
+from orchestrator.store.keys import ApiKey
 from orchestrator.store.run_store import RunRecord
 from orchestrator.types import Problem
 
@@ -109,10 +113,17 @@ def problem_from_messages(messages: Sequence[ChatMessage], answer_format: str | 
 
 
 def build_spec(
-    body: ChatCompletionRequest, strategy: str | None, default: Any, catalog: Catalog
+    body: ChatCompletionRequest,
+    strategy: str | None,
+    default: Any,
+    catalog: Catalog,
+    trust: ClientTrust | None = None,
 ) -> dict[str, Any]:
-    """The strategy spec of a chat request (precedence in the module docstring)."""
+    """The strategy spec of a chat request (precedence in the module docstring). With
+    ``trust``, what the client set is checked against the service's policy (403 / 400)."""
     ttc = body.ttc or TTCOptions()
+    if trust is not None and isinstance(ttc.strategy, Mapping):
+        trust.policy.check_spec(ttc.strategy, "ttc.strategy", trust.key)
     ref = ttc.strategy if ttc.strategy is not None else strategy
     try:
         spec = resolve_spec(ref, default, catalog=catalog)
@@ -129,6 +140,9 @@ def build_spec(
     spec, ignored = apply_overrides(spec, standard)
     for name in ignored:
         log.debug("strategy %s has no %r field: ignoring it", spec["strategy"], name)
+    if trust is not None:
+        trust.policy.check_overrides(spec["strategy"], ttc.model_extra or {}, "ttc", trust.key)
+        trust.policy.check_overrides(spec["strategy"], ttc.config, "ttc.config", trust.key)
     spec, unknown = apply_overrides(spec, ttc.model_extra or {})
     if unknown:
         options = ", ".join(sorted(TTCOptions.model_fields))
@@ -144,14 +158,25 @@ def build_spec(
     return spec
 
 
+@dataclass(frozen=True)
+class ClientTrust:
+    """Who sent a request (``key``, None with auth off) and the policy it is checked by."""
+
+    policy: RequestPolicy
+    key: ApiKey | None
+    orch: Orchestrator
+
+
 def build_requests(
     body: ChatCompletionRequest,
     backends: Mapping[str, Any],
     default: Any,
     max_n: int,
     catalog: Catalog,
+    trust: ClientTrust | None = None,
 ) -> tuple[dict[str, Any], list[ReasonRequest]]:
-    """The strategy spec and one ReasonRequest per choice."""
+    """The strategy spec and one ReasonRequest per choice; with ``trust``, the request is
+    checked against the service's policy first (messages, model override, spec fields)."""
     if body.model_extra:
         log.debug("ignoring unknown chat completion fields: %s", ", ".join(body.model_extra))
     if body.n > max_n:
@@ -162,7 +187,11 @@ def build_requests(
             code="invalid_value",
         )
     strategy, backend, model = parse_model(body.model, backends, catalog)
-    spec = build_spec(body, strategy, default, catalog)
+    if trust is not None:
+        trust.policy.check_messages(body.messages)
+        if is_model_override(trust.orch, backend, model):
+            trust.policy.check_model(trust.key, "model")
+    spec = build_spec(body, strategy, default, catalog, trust)
     ttc = body.ttc or TTCOptions()
     problem = problem_from_messages(body.messages, ttc.answer_format)
     reqs = [

@@ -37,7 +37,14 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from orchestrator.api.auth import require_key
-from orchestrator.api.chat import build_requests, choice_of, parse_model, ttc_object, usage_total
+from orchestrator.api.chat import (
+    ClientTrust,
+    build_requests,
+    choice_of,
+    parse_model,
+    ttc_object,
+    usage_total,
+)
 from orchestrator.api.disconnect import CLIENT_GONE, ClientDisconnected, until_disconnect
 from orchestrator.api.errors import ERROR_RESPONSES, APIError, api_error_from
 from orchestrator.api.protocol import (
@@ -129,17 +136,22 @@ async def chat_completions(request: Request, body: ChatCompletionRequest, key: K
     """A ``chat.completion`` (or its SSE stream) answered by ``n`` strategy runs."""
     orch, runs = _state(request)
     settings = request.app.state.settings
+    trust = ClientTrust(runs.policy, key, orch)
     spec, reqs = build_requests(
-        body, orch.backends, settings.default_strategy, settings.max_request_n, settings.catalog()
+        body,
+        orch.backends,
+        settings.default_strategy,
+        settings.max_request_n,
+        settings.catalog(),
+        trust,
     )
-    key_id = key.id if key is not None else None
     created = int(time.time())
     if body.stream:
         ids: list[str] = []
         follow: list[AsyncIterator[RunEvent]] = []
         try:
             for req in reqs:  # follow each run from its first event, before it can finish
-                ids.append(await runs.submit(req, key_id=key_id))
+                ids.append(await runs.submit(req, key=key))
                 follow.append(runs.events(ids[-1]))
         except BaseException:
             for run_id in ids:
@@ -148,7 +160,7 @@ async def chat_completions(request: Request, body: ChatCompletionRequest, key: K
         stream = _stream(runs, ids, follow, body, spec, created)
         return _RunStream(stream, lambda: [runs.request_cancel(i, DISCONNECTED) for i in ids])
     try:
-        records = await until_disconnect(request, runs.run_many(reqs, key_id=key_id))
+        records = await until_disconnect(request, runs.run_many(reqs, key=key))
     except ClientDisconnected:
         return Response(status_code=CLIENT_GONE)
     _raise_failed(records)

@@ -4,10 +4,13 @@ final event, and reads of finished runs.
 The RunManager (``orchestrator.api.runs``) owns the lifecycle (queue, tasks, cancellation); it
 calls :meth:`RunRecorder.mark_running` when a run gets a slot and :meth:`RunRecorder.finish`
 exactly once when it ends. ``finish`` closes the run's strategy, stores the final status, counts
-the run in the metrics, charges its tokens to the API key that created it, emits the final
+the run in the metrics, settles it with the API key that created it (its daily token
+reservation ended, what it spent charged: ``KeyStore.settle``), emits the final
 ``result`` or ``error`` event (``data``: the final RunRecord as JSON) and keeps the record and
-that event among the ``RECENT_RUNS`` most recent, for fast reads and event replay. A store,
-metrics or billing failure is logged, never fatal to the run: the final event is always emitted.
+that event among the ``RECENT_RUNS`` most recent, for fast reads and event replay. The error
+strings of the stored Result (trace spans, failed candidates, score details) are scrubbed
+first (``hygiene.scrub_errors``). A store, metrics or billing failure is logged, never fatal to
+the run: the final event is always emitted.
 
 Reads: :meth:`RunRecorder.get` answers from the recent runs, else the store;
 :meth:`RunRecorder.final_events` yields the one final event of a run that is not live here.
@@ -23,6 +26,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.api.errors import error_dict, not_found
+from orchestrator.api.hygiene import scrub_errors
 from orchestrator.api.live import LiveRun
 from orchestrator.api.protocol import RunEvent, final_event_type
 from orchestrator.specs import result_json
@@ -81,7 +85,9 @@ class RunRecorder:
         if result is not None:
             try:
                 keep = bool(live.request.options.get("include_logprobs", False))
-                data = result_json(result.model_copy(update={"run_id": live.id}), keep)
+                data = scrub_errors(
+                    result_json(result.model_copy(update={"run_id": live.id}), keep)
+                )
             except Exception:  # e.g. a plugin put a value that is not JSON in the trace
                 log.exception("the result of run %s cannot be stored as JSON", live.id)
                 status, error = "failed", error_dict(RuntimeError())
@@ -116,11 +122,14 @@ class RunRecorder:
             log.exception("metrics failed for run %s", live.id)
 
     async def _charge(self, record: RunRecord, usage: Usage) -> None:
+        """Settle the run with its key: end its token reservation, charge what it spent."""
         key_id = record.key_id
-        if self.key_store is not None and key_id and usage.total_tokens:
-            await self._quietly(
-                self.key_store.add_tokens(key_id, usage.total_tokens), record.id, "charge tokens of"
-            )
+        if self.key_store is None or not key_id:
+            return
+        try:
+            await self.key_store.settle(key_id, record.id, usage.total_tokens)
+        except Exception as exc:
+            log.error("could not charge the tokens of run %s: %s", record.id, exc)
 
     def _remember(self, record: RunRecord, event: RunEvent) -> None:
         self._recent[record.id] = (record, event)

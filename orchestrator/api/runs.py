@@ -24,17 +24,21 @@ import asyncio
 import contextlib
 import copy
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING
 
+from orchestrator.api.admission import Admission
 from orchestrator.api.errors import APIError, error_dict, no_answer_error, not_found
 from orchestrator.api.live import LiveRun, cancelled_error
+from orchestrator.api.policy import RequestPolicy
 from orchestrator.api.protocol import ReasonRequest, RunEvent
 from orchestrator.api.run_recorder import FINAL_SEQ, RECENT_RUNS, RunRecorder
 from orchestrator.errors import ConfigError
 from orchestrator.runner import Orchestrator
 from orchestrator.specs import resolve_spec
+from orchestrator.store.keys import ApiKey
 from orchestrator.store.run_store import RunRecord
 from orchestrator.types import Result
 
@@ -63,7 +67,8 @@ class RunManager:
         store: the RunStore (opened by the caller; must stay open until ``shutdown`` returns).
         metrics: ServiceMetrics, or None.
         settings: default strategy and budget, ``max_concurrent_runs``.
-        key_store: the KeyStore charged with each run's tokens (runs with a ``key_id``), or None.
+        key_store: the KeyStore charged with each run's tokens (runs with a ``key_id``) and
+            holding daily token reservations, or None.
     """
 
     def __init__(
@@ -79,7 +84,11 @@ class RunManager:
         self.store = store
         self.settings = settings
         self.recorder = RunRecorder(store, metrics, key_store)
+        self.policy = RequestPolicy(settings)
         self._live: dict[str, LiveRun] = {}
+        self.admission = Admission(
+            settings, key_store, lambda: [live.record.key_id for live in self._live.values()]
+        )
         self._slots = asyncio.Semaphore(settings.max_concurrent_runs)
         self._closing = False
 
@@ -95,34 +104,38 @@ class RunManager:
 
     # -- submitting and running ------------------------------------------------------------
 
-    async def submit(self, req: ReasonRequest, *, key_id: str | None = None) -> str:
-        """Validate, persist (queued) and start ``req``; returns the run id.
+    async def submit(
+        self, req: ReasonRequest, *, key: ApiKey | None = None, key_id: str | None = None
+    ) -> str:
+        """Validate, admit, persist (queued) and start ``req``; returns the run id. The run
+        belongs to ``key`` (or the key id ``key_id``), whose daily token limit it is charged to.
 
-        Raises ConfigError / RegistryError / CapabilityError (bad request), StoreError, or
-        APIError 503 while shutting down. The stored request carries the resolved strategy spec
-        and the effective budget.
+        Raises ConfigError / RegistryError / CapabilityError (bad request), APIError 400 above
+        a cap (``policy.check_tree``), APIError 429 when the queue, the key's concurrent runs
+        or its daily tokens are full (``orchestrator.api.admission``), StoreError, or APIError
+        503 while shutting down. The stored request carries the resolved strategy spec and the
+        effective budget.
         """
         self._refuse_if_closing()
-        spec = resolve_spec(
-            req.strategy, self.settings.default_strategy, catalog=self.settings.catalog()
-        )
-        orch = self._orch_for(req)
-        strat, _ = await orch.prepare(spec, req.backend)
-        try:
-            effective = req.model_copy(
-                update={"strategy": spec, "budget": req.budget or self.settings.default_budget}
+        owner = key.id if key is not None else key_id
+        with self.admission.hold(owner):
+            spec = resolve_spec(
+                req.strategy, self.settings.default_strategy, catalog=self.settings.catalog()
             )
+            orch = self._orch_for(req)
+            strat, _ = await orch.prepare(spec, req.backend)
             run_id = uuid.uuid4().hex
-            record = await self.store.create(run_id, effective.model_dump(mode="json"), key_id)
-            if self._closing:  # shutdown began while the run was being stored
-                await self.store.finish(run_id, "cancelled", error=cancelled_error(SHUTDOWN))
-                self._refuse_if_closing()
-        except BaseException:
-            await strat.aclose()
-            raise
-        live = LiveRun(record=record, request=effective, strategy=strat, orch=orch)
-        live.emit("status", {"status": "queued"})
-        self._live[run_id] = live
+            try:
+                self.policy.check_tree(strat)
+                budget = await self.admission.reserve(key, run_id, self.policy.budget(req.budget))
+                effective = req.model_copy(update={"strategy": spec, "budget": budget})
+                record = await self._create(run_id, effective, owner, key)
+            except BaseException:
+                await strat.aclose()
+                raise
+            live = LiveRun(record=record, request=effective, strategy=strat, orch=orch)
+            live.emit("status", {"status": "queued"})
+            self._live[run_id] = live
         live.task = asyncio.create_task(self._execute(live), name=f"ttc-run-{run_id}")
         try:
             await asyncio.sleep(0)  # the task enters _execute's try, so a cancel is recorded
@@ -131,35 +144,59 @@ class RunManager:
             raise
         return run_id
 
+    async def _create(
+        self, run_id: str, effective: ReasonRequest, owner: str | None, key: ApiKey | None
+    ) -> RunRecord:
+        """Store the run queued (its reservation given back if that fails or shutdown began)."""
+        try:
+            record = await self.store.create(run_id, effective.model_dump(mode="json"), owner)
+            if self._closing:  # shutdown began while the run was being stored
+                await self.store.finish(run_id, "cancelled", error=cancelled_error(SHUTDOWN))
+                self._refuse_if_closing()
+        except BaseException:
+            await self.admission.release(key, run_id)
+            raise
+        return record
+
     def _refuse_if_closing(self) -> None:
         if self._closing:
             raise APIError(503, "the service is shutting down", type="service_unavailable",
                            code="shutting_down")  # fmt: skip
 
     async def submit_many(
-        self, reqs: Sequence[ReasonRequest], *, key_id: str | None = None
+        self,
+        reqs: Sequence[ReasonRequest],
+        *,
+        key: ApiKey | None = None,
+        key_id: str | None = None,
     ) -> list[str]:
         """``submit`` each request; if one fails (or the caller is cancelled), the runs already
         started are cancelled and the error propagates."""
         ids: list[str] = []
         try:
             for req in reqs:
-                ids.append(await self.submit(req, key_id=key_id))
+                ids.append(await self.submit(req, key=key, key_id=key_id))
         except BaseException as exc:
             self._cancel_all(ids, exc)
             raise
         return ids
 
-    async def run(self, req: ReasonRequest, *, key_id: str | None = None) -> RunRecord:
+    async def run(
+        self, req: ReasonRequest, *, key: ApiKey | None = None, key_id: str | None = None
+    ) -> RunRecord:
         """``submit`` and wait for the final record; cancelling the caller cancels the run."""
-        return (await self.run_many([req], key_id=key_id))[0]
+        return (await self.run_many([req], key=key, key_id=key_id))[0]
 
     async def run_many(
-        self, reqs: Sequence[ReasonRequest], *, key_id: str | None = None
+        self,
+        reqs: Sequence[ReasonRequest],
+        *,
+        key: ApiKey | None = None,
+        key_id: str | None = None,
     ) -> list[RunRecord]:
         """Submit every request, then wait for all final records (in order). If a submit fails
         or the caller is cancelled, every run already started is cancelled."""
-        ids = await self.submit_many(reqs, key_id=key_id)
+        ids = await self.submit_many(reqs, key=key, key_id=key_id)
         try:
             return [await self.wait(run_id) for run_id in ids]
         except BaseException as exc:
@@ -217,6 +254,7 @@ class RunManager:
                 log.info("run %s failed: %s", live.id, exc)
         live.finalizing = True
         await self.recorder.finish(live, status, result, error)
+        self.admission.observe(time.perf_counter() - live.t0)
         self._live.pop(live.id, None)
         live.done.set()
         if cancelled:

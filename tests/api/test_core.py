@@ -8,7 +8,7 @@ import pytest
 
 from orchestrator.api.errors import api_error_from, error_dict, status_for_error
 from orchestrator.api.protocol import ReasonRequest
-from orchestrator.api.settings import ServiceSettings
+from orchestrator.api.settings import DEFAULT_BUDGET, MAX_BUDGET, ServiceSettings
 from orchestrator.budget import Budget
 from orchestrator.errors import (
     BackendError,
@@ -26,7 +26,11 @@ def test_settings_defaults() -> None:
     s = ServiceSettings.from_env(environ={})
     assert (s.host, s.port, s.max_request_n, s.max_concurrent_runs) == ("127.0.0.1", 8000, 16, 64)
     assert s.default_strategy == {"strategy": "self_consistency", "n": 4}
-    assert s.shutdown_grace_seconds == 10 and s.default_budget is None and s.store_url is None
+    assert s.shutdown_grace_seconds == 10 and s.store_url is None
+    assert s.auth == "required" and s.allow == []  # fail closed, nothing privileged granted
+    assert s.default_budget == DEFAULT_BUDGET and s.max_budget == MAX_BUDGET  # capped by default
+    assert s.default_budget.max_completion_tokens <= s.max_budget.max_completion_tokens
+    assert (s.max_samples_per_run, s.max_depth, s.max_body_bytes) == (256, 3, 1 << 20)
 
 
 def test_settings_file_then_env_then_overrides(tmp_path: Path) -> None:
