@@ -31,6 +31,7 @@ the lookup from a strategy or verifier name to its config class.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast, get_args
@@ -52,6 +53,7 @@ __all__ = [
     "field_trust",
     "grant_name",
     "privileged",
+    "redacted",
     "tuning",
     "unclassified",
 ]
@@ -351,3 +353,23 @@ def _privileged(
     number = isinstance(value, int | float) and not isinstance(value, bool)
     if cap is not None and number and value > cap:
         walk.out.over_caps.append(OverCap(where, float(value), float(cap)))
+
+
+REDACTED = "<privileged>"
+
+
+def redacted(kind: Nested, spec: Any, *, lookup: ConfigLookup, grants: Collection[str] = ()) -> Any:
+    """A copy of ``spec`` whose privileged values (not covered by ``grants``) read
+    ``"<privileged>"``: what a client may see of the operator's configs (URLs, paths,
+    environment variable names stay on the server)."""
+    found = check_fields(kind, spec, "", lookup=lookup, grants=grants, max_depth=64)
+    if not found.violations:
+        return spec
+    out = copy.deepcopy(spec)
+    for violation in found.violations:
+        node: Any = out
+        *parents, last = violation.param.split(".")[1:]
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        node[last] = REDACTED
+    return out

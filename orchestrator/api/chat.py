@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.api.errors import APIError
-from orchestrator.api.policy import RequestPolicy, is_model_override
+from orchestrator.api.policy import RequestPolicy, is_model_override, public_spec
 from orchestrator.api.protocol import (
     ChatCompletionRequest,
     ChatMessage,
@@ -256,7 +256,7 @@ def ttc_object(spec: Mapping[str, Any], records: Sequence[RunRecord]) -> dict[st
     first = {k: v for k, v in runs[0].items() if k not in ("run_id", "usage")}
     return {
         "strategy": spec["strategy"],
-        "spec": dict(spec),
+        "spec": public_spec(dict(spec)),
         **first,
         "budget_exhausted": any(r["budget_exhausted"] for r in runs),
         "run_ids": [r.id for r in records],

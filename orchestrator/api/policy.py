@@ -35,7 +35,15 @@ from orchestrator.registry import strategies, verifiers
 from orchestrator.runner import Orchestrator
 from orchestrator.specs import Catalog, run_budget
 from orchestrator.store.keys import ApiKey
-from orchestrator.trust import PRIVILEGES, Nested, SpecCheck, Violation, check_fields
+from orchestrator.trust import (
+    PRIVILEGES,
+    ConfigLookup,
+    Nested,
+    SpecCheck,
+    Violation,
+    check_fields,
+    redacted,
+)
 from orchestrator.trust import check_overrides as check_override_fields
 from orchestrator.types import Problem
 from strategies.base import Strategy
@@ -259,6 +267,21 @@ class RequestPolicy:
         """The run's budget: ``requested`` (else ``default_budget``), capped by
         ``max_budget``."""
         return run_budget(requested, self.settings.default_budget, self.settings.max_budget)
+
+
+def registered_config(kind: Nested, name: str) -> type[BaseModel] | None:
+    """The config class of a registered strategy or verifier name (None otherwise)."""
+    registry = strategies if kind == "strategy" else verifiers
+    if name not in registry:
+        return None
+    config: type[BaseModel] = registry.get(name).Config
+    return config
+
+
+def public_spec(spec: Any, lookup: ConfigLookup = registered_config) -> Any:
+    """``spec`` as clients see it (run records, chat responses, the strategy listing): its
+    privileged values, the operator's URLs, paths and variable names, read ``<privileged>``."""
+    return redacted("strategy", spec, lookup=lookup) if isinstance(spec, Mapping) else spec
 
 
 def is_model_override(orch: Orchestrator, backend: str | None, model: str | None) -> bool:

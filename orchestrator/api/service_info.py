@@ -39,6 +39,7 @@ from typing import Any
 import openai
 
 from orchestrator.api.hygiene import logged, scrub
+from orchestrator.api.policy import public_spec
 from orchestrator.backends.base import Backend, Capabilities
 from orchestrator.registry import strategies, verifiers
 from orchestrator.specs import Catalog
@@ -91,9 +92,10 @@ async def strategy_infos(catalog: Catalog) -> list[dict[str, Any]]:
         if name in strategies:
             continue
         try:
-            spec = catalog.load(name)
-            base = strategies.get(str(spec.get("strategy")))
-            requires = await tree_needs(spec)
+            full = catalog.load(name)
+            base = strategies.get(str(full.get("strategy")))
+            requires = await tree_needs(full)
+            spec = public_spec(full)
         except Exception as exc:  # a broken config file must not break the listing
             log.warning("skipping named strategy config %s: %s", catalog.path(name), exc)
             continue

@@ -185,6 +185,8 @@ class OpenAICompatBackend(Backend):
         while got < request.n:
             try:
                 batch = await self._request(request, n=request.n - got, offset=got)
+                if len(batch.candidates) < request.n - got:
+                    self._fault("short_n")
                 if not batch.candidates:
                     raise BackendProtocolError(
                         f"{self._context(request)}: server returned no choices for n="
@@ -198,8 +200,6 @@ class OpenAICompatBackend(Backend):
                     "%s: top-up failed; returning %d of %d: %s", self.name, got, request.n, exc
                 )
                 break
-            if len(batch.candidates) < request.n - got:
-                self._fault("short_n")
             batches.append(batch)
             got += len(batch.candidates)
         return batches

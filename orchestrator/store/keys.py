@@ -16,11 +16,13 @@ Contract:
   the injectable ``clock``.
 * Daily limits hold across processes sharing the database by reservation:
   :meth:`KeyStore.reserve` grants a run at most what is left of its key's limit today
-  (spent + reserved), in one transaction that locks the key's counter row (PostgreSQL
-  ``SELECT ... FOR UPDATE``; SQLite ``BEGIN IMMEDIATE``), so concurrent admissions in any
-  number of replicas never grant more than the limit together. :meth:`KeyStore.settle` ends a
-  run's reservation and charges what it spent; :meth:`KeyStore.release_stale` ends the
-  reservations of runs that are no longer queued or running (a process that died mid-run).
+  (spent + reserved), in one transaction that locks the key's counter row before reading it
+  (PostgreSQL: the upsert that creates it and ``SELECT ... FOR UPDATE``; SQLite:
+  ``BEGIN IMMEDIATE``), so concurrent admissions in any number of replicas never grant more
+  than the limit together (``tests/unit/test_store_keys.py`` fails without the lock).
+  :meth:`KeyStore.settle` ends a run's reservation and charges what it spent;
+  :meth:`KeyStore.release_stale` ends the reservations of runs that are no longer queued or
+  running (a process that died mid-run).
 * A key's ``scopes`` are the grants of privileged config fields (``orchestrator.trust``) its
   requests may use: privilege names or single fields, stored as a JSON list.
 * All work runs in a worker thread (see ``orchestrator.store.base``); database failures raise

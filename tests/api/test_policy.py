@@ -225,3 +225,41 @@ async def test_errors_say_whether_a_retry_can_help(tmp_path: Path) -> None:
     assert failed.status_code == 503 and failed.headers["x-should-retry"] == "false"
     assert "error id" in error(failed)["message"]
     assert unknown.status_code == 400 and unknown.headers["x-should-retry"] == "false"
+
+
+def always_one(problem: Any, candidate: Any) -> float:
+    """A scoring function for the operator's named config below."""
+    return 1.0
+
+
+async def test_the_operators_named_configs_keep_full_power_and_stay_private(
+    tmp_path: Path,
+) -> None:
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    function = f"{__name__}:always_one"
+    (configs / "scored.yaml").write_text(
+        f"strategy: best_of_n\nn: 2\nverifier: {{verifier: python, function: '{function}'}}\n"
+    )
+    async with serve(tmp_path, strategy_dir=str(configs)) as svc:
+        named = await reason(svc, {"problem": "q", "strategy": "scored"})
+        tuned = await reason(svc, {"problem": "q", "strategy": {"strategy": "scored", "n": 3}})
+        swapped = await reason(
+            svc, {"problem": "q", "strategy": {"strategy": "scored", "verifier": PYTHON}}
+        )
+        chat = await svc.client.post(
+            "/v1/chat/completions",
+            json={"model": "scored:local", "messages": [{"role": "user", "content": "q"}]},
+        )
+        record = await svc.client.get(f"/v1/runs/{named.json()['run_id']}")
+        listing = await svc.client.get("/v1/strategies")
+    assert named.status_code == 200 and tuned.status_code == 200, named.text + tuned.text
+    assert named.json()["result"]["candidates"][0]["scores"][-1]["value"] == 1.0
+    assert swapped.status_code == 403  # the client's own privileged field is still refused
+    assert chat.status_code == 200, chat.text
+    assert chat.json()["ttc"]["spec"]["verifier"]["function"] == "<privileged>"
+    assert record.json()["request"]["strategy"]["verifier"]["function"] == "<privileged>"
+    (entry,) = [e for e in listing.json()["data"] if e["name"] == "scored"]
+    assert entry["spec"]["verifier"]["function"] == "<privileged>"
+    for response in (chat, record, listing):
+        assert function not in response.text  # the operator's code path stays on the server
