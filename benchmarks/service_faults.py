@@ -15,7 +15,7 @@ timeout); HTTP 500s; runs whose usage exceeded their budget (read back from the 
 p99 / max client latency; faults injected by the fake server and counted by the service's
 ``ttc_backend_faults_total``.
 
-Usage: ``python -m benchmarks.service_faults [--rate 0.2] [--clients 32] [--requests 8]
+Usage: ``python -m benchmarks.service_faults [--rate 0.2] [--clients 32] [--requests 4]
 [--cells all|KIND,...] [--out FILE]``. Prints a Markdown table and writes
 ``benchmarks/results/service_faults.json`` (command line, machine, settings, one row per cell).
 """
@@ -144,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--rate", type=float, default=0.2, help="share of faulty answers")
     parser.add_argument("--clients", type=int, default=32, help="concurrent clients")
-    parser.add_argument("--requests", type=int, default=8, help="requests per client per cell")
+    parser.add_argument("--requests", type=int, default=4, help="requests per client per cell")
     parser.add_argument("--latency-ms", type=float, default=10.0, help="fake server latency")
     parser.add_argument("--cells", default="each,all", help="'each' (one per kind), 'all', "
                         "or comma-separated kinds")  # fmt: skip

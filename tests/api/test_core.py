@@ -94,6 +94,30 @@ def test_error_mapping(exc: Exception, status: int, code: str) -> None:
         assert "secret" not in err["message"]
 
 
+def test_client_messages_carry_no_hosts_urls_or_upstream_bodies(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = StoreError(
+        "could not connect to the store 'postgresql+psycopg://ttc:***@db.internal:5432/ttc'"
+    )
+    backend = BackendUnavailable(
+        "POST http://10.1.2.3:8001/v1/chat/completions (model 'm'): HTTP 503: upstream says "
+        "secret-body; gave up after 5 attempt(s)",
+        backend="vllm",
+    )
+    capability = CapabilityError(
+        "backend 'x' (vllm server at http://10.1.2.3:8001/v1) lacks logprobs"
+    )
+    with caplog.at_level("WARNING", logger="orchestrator.api.errors"):
+        messages = [error_dict(e)["message"] for e in (store, backend, capability)]
+    for message in messages:
+        for leak in ("db.internal", "10.1.2.3", "secret-body", "psycopg"):
+            assert leak not in message, message
+    assert messages[1].startswith("[vllm] unavailable (HTTP 503) (error id ")
+    assert "error id" in messages[0] and "db.internal" in caplog.text  # the log has it all
+    assert "<url>" in messages[2]
+
+
 @pytest.mark.parametrize(
     ("error", "status"),
     [

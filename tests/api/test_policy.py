@@ -263,3 +263,16 @@ async def test_the_operators_named_configs_keep_full_power_and_stay_private(
     assert entry["spec"]["verifier"]["function"] == "<privileged>"
     for response in (chat, record, listing):
         assert function not in response.text  # the operator's code path stays on the server
+
+
+async def test_readyz_probes_are_cached(tmp_path: Path) -> None:
+    class Pinged(FakeBackend):
+        pings = 0
+
+        async def ping(self, timeout: float) -> None:
+            type(self).pings += 1
+
+    async with serve(tmp_path, Pinged(name="local"), readyz_cache_seconds=60) as svc:
+        answers = [await svc.client.get("/readyz") for _ in range(5)]
+    assert all(a.status_code == 200 for a in answers)
+    assert Pinged.pings == 1  # five answers, one probe: /readyz cannot hammer the backends
