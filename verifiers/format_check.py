@@ -58,7 +58,9 @@ class FormatConfig(VerifierConfig):
     json_schema: dict[str, Any] | None = Field(
         None,
         description="a JSON Schema the string, parsed as JSON, must satisfy",
-        json_schema_extra=tuning(),
+        json_schema_extra=privileged(
+            "code", "a JSON Schema the server evaluates; its patterns are regular expressions"
+        ),
     )
     target: Literal["answer", "text"] = Field(
         "answer",

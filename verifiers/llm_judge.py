@@ -142,8 +142,20 @@ def parse_verdict(text: str) -> Literal["A", "B"] | None:
 
 
 def template_fields(template: str) -> set[str]:
-    """The ``{placeholder}`` names a ``str.format`` template uses."""
-    return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    """The ``{placeholder}`` names a ``str.format`` template uses.
+
+    Raises:
+        ValueError: a placeholder with a format spec or a conversion (``{answer:>99999999}``
+            would build a huge string, and templates may come from a service client).
+    """
+    names = set()
+    for _, name, spec, conversion in string.Formatter().parse(template):
+        if name is None:
+            continue
+        if spec or conversion:
+            raise ValueError(f"placeholder {{{name}}} may not have a format spec or conversion")
+        names.add(name)
+    return names
 
 
 # -- config ------------------------------------------------------------------------------------
