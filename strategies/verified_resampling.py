@@ -158,7 +158,9 @@ class VerifiedResamplingConfig(SamplingConfig):
     task_types: list[TaskType] | None = Field(
         None,
         min_length=1,
-        description="prior over task types (None: the paper's example)",
+        max_length=64,
+        description="prior over task types (None: the paper's example); the K* search costs "
+        "max_k x types steps, hence at most 64",
         json_schema_extra=tuning(),
     )
     max_k: int = Field(
