@@ -97,14 +97,11 @@ class RequestPolicy:
     def lookup(self, kind: Nested, name: str) -> type[BaseModel] | None:
         """The config class of a registered strategy or verifier, or of a named config's base
         strategy; None for an unknown name (its build reports it)."""
-        registry = strategies if kind == "strategy" else verifiers
-        if name in registry:
-            config: type[BaseModel] = registry.get(name).Config
+        config = registered_config(kind, name)
+        if config is not None or kind != "strategy" or name not in self.catalog.names():
             return config
-        if kind == "strategy" and name in self.catalog.names():
-            base = self.catalog.load(name).get("strategy")
-            return self.lookup("strategy", base) if isinstance(base, str) else None
-        return None
+        base = self.catalog.load(name).get("strategy")
+        return registered_config("strategy", base) if isinstance(base, str) else None
 
     # -- request content ---------------------------------------------------------------------
 
