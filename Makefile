@@ -25,8 +25,9 @@ demo: setup
 	$(BIN)/ttc solve "$(QUESTION)" --strategy self_consistency --n 8 --max-tokens 256
 
 # The full suite, real-model tests included (markers: slow, vllm).
+# bubblewrap (Debian package `bubblewrap`) isolates client code when the service is not root.
 test: setup
-	TTC_REQUIRE_VLLM=1 TTC_REQUIRE_POSTGRES=1 $(BIN)/python -m pytest -q
+	TTC_REQUIRE_VLLM=1 TTC_REQUIRE_POSTGRES=1 TTC_REQUIRE_BWRAP=1 $(BIN)/python -m pytest -q
 
 # Unit tests only (no real model).
 test-fast: setup
@@ -43,6 +44,7 @@ bench: setup
 	$(BIN)/python -m benchmarks.coverage
 	$(BIN)/python -m benchmarks.strategies
 	$(BIN)/python -m benchmarks.service_load
+	$(BIN)/python -m benchmarks.service_faults
 	$(BIN)/python -m benchmarks.search_efficiency
 
 clean:

@@ -180,6 +180,8 @@ def start_service(workdir: Path, mock_url: str, via: str, max_runs: int) -> Serv
         TTC_SERVICE__STORE_URL=f"sqlite:///{workdir / 'runs.db'}",
         TTC_SERVICE__MAX_CONCURRENT_RUNS=str(max_runs),
         TTC_SERVICE__SHUTDOWN_GRACE_SECONDS="5",
+        TTC_SERVICE__AUTH="off",  # loopback, load generator only
+        TTC_SERVICE__MAX_QUEUED_RUNS="4096",  # the closed loop never queues more than C
     )
     log = workdir / "service.log"
     with log.open("w") as out:

@@ -56,6 +56,7 @@ from orchestrator.backends.base import Capabilities
 from orchestrator.context import RunContext
 from orchestrator.registry import strategies
 from orchestrator.trace import Span
+from orchestrator.trust import tuning
 from orchestrator.types import Candidate, Message, Problem, Result, Score, ScoredCandidate
 from strategies._self_eval_helpers import (
     Tally,
@@ -69,7 +70,7 @@ from strategies._self_eval_helpers import (
     top_indices,
     without_partial_answers,
 )
-from strategies.base import InnerStrategy, SamplingConfig, StrategySpec
+from strategies.base import InnerStrategy, SamplingConfig, StrategySpec, runs_of
 from strategies.sampling import Collected, run_children, sample
 from verifiers.self_eval import SelfEval
 
@@ -83,29 +84,57 @@ class AdaptiveSelfEvalConfig(SamplingConfig):
     first (greedy) one unless ``temperatures`` sets the schedule.
     """
 
-    mode: Literal["adaptive", "prune"] = Field("adaptive", description="adaptive | prune")
-    threshold: float = Field(
-        0.8, ge=0.0, le=1.0, description="adaptive: stop once the best score reaches this"
+    mode: Literal["adaptive", "prune"] = Field(
+        "adaptive", description="adaptive | prune", json_schema_extra=tuning()
     )
-    n_max: int = Field(16, ge=1, le=1024, description="adaptive: most samples drawn")
+    threshold: float = Field(
+        0.8,
+        ge=0.0,
+        le=1.0,
+        description="adaptive: stop once the best score reaches this",
+        json_schema_extra=tuning(),
+    )
+    n_max: int = Field(
+        16, ge=1, le=1024, description="adaptive: most samples drawn", json_schema_extra=tuning()
+    )
     temperatures: list[Temperature] | None = Field(
         None,
         min_length=1,
         description="adaptive: per-batch temperatures, the last repeating; "
         "None = greedy first sample, then `temperature`",
+        json_schema_extra=tuning(),
     )
     inner: StrategySpec | None = Field(
-        None, description="adaptive: a child strategy whose runs replace the samples"
+        None,
+        description="adaptive: a child strategy whose runs replace the samples",
+        json_schema_extra=tuning(nested="strategy"),
     )
-    n: int = Field(8, ge=1, le=1024, description="prune: samples started")
-    prefix_tokens: int = Field(64, ge=1, description="prune: tokens before the prefix probe")
+    n: int = Field(
+        8, ge=1, le=1024, description="prune: samples started", json_schema_extra=tuning()
+    )
+    prefix_tokens: int = Field(
+        64, ge=1, description="prune: tokens before the prefix probe", json_schema_extra=tuning()
+    )
     keep_fraction: float = Field(
-        0.5, gt=0.0, le=1.0, description="prune: share of prefixes continued (at least one)"
+        0.5,
+        gt=0.0,
+        le=1.0,
+        description="prune: share of prefixes continued (at least one)",
+        json_schema_extra=tuning(),
     )
     question: str | None = Field(
-        None, min_length=1, description="probe question; None = self_eval's capability question"
+        None,
+        min_length=1,
+        description="probe question; None = self_eval's capability question",
+        json_schema_extra=tuning(),
     )
-    top_logprobs: int = Field(20, ge=1, le=20, description="alternatives read at the probe token")
+    top_logprobs: int = Field(
+        20,
+        ge=1,
+        le=20,
+        description="alternatives read at the probe token",
+        json_schema_extra=tuning(),
+    )
 
     @property
     def schedule(self) -> list[float]:
@@ -155,6 +184,16 @@ class AdaptiveSelfEval(InnerStrategy):
 
     def verifiers(self) -> list[Any]:
         return [self.probe]
+
+    def max_samples(self) -> int | None:
+        """``adaptive``: ``n_max`` samples (or child runs) and one probe per candidate;
+        ``prune``: ``n`` prefixes and their probes, then the survivors' continuations and
+        final probes."""
+        cfg = self.config
+        if cfg.mode == "prune":
+            return 2 * cfg.n + 2 * keep_count(cfg.n, cfg.keep_fraction)
+        drawn = runs_of(cfg.n_max, self.inner)
+        return None if drawn is None else drawn + self.probe.max_samples(cfg.n_max)
 
     async def run(self, problem: Problem, ctx: RunContext) -> Result:
         if self.config.mode == "prune":

@@ -10,6 +10,20 @@ architecture search can walk the graph.
 When the budget runs out (``BudgetExhausted`` from ``ctx.generate``) a strategy returns its best
 result so far with ``budget_exhausted=True``; it never lets the exception escape once it has a
 candidate.
+
+Every config field declares what it can do (``orchestrator.trust``), in its
+``json_schema_extra``: ``tuning()`` for sampling parameters, counts, thresholds and prompts
+(``tuning(nested="strategy")`` / ``tuning(nested="verifier")`` for a field holding a child
+spec, ``search_hint(...)`` implies tuning), ``privileged("files", "reads a file of the
+server")`` and the like for a field that loads code, reads files, opens connections, reads the
+environment, runs client code, sets resource limits or picks a model. A client of the service
+may set only tuning fields unless the operator grants more; ``tests/unit/test_trust.py`` fails
+on a registered config with an undeclared field.
+
+``max_samples()`` bounds the model samples one run of the node may draw, its children's and
+its verifiers' included, computed from the config alone; the service refuses a spec whose
+bound is above its cap before any call. A strategy that cannot bound itself returns None (the
+default), which the service treats as over any cap.
 """
 
 from __future__ import annotations
@@ -25,6 +39,7 @@ from orchestrator.config import validate_config
 from orchestrator.context import RunContext
 from orchestrator.errors import CapabilityError
 from orchestrator.registry import strategies as registry
+from orchestrator.trust import tuning
 from orchestrator.types import Problem, Result
 
 StrategySpec = str | dict[str, Any]
@@ -42,13 +57,14 @@ def search_hint(
 
     A strategy listed in a search space file has its hinted fields searched over these ranges
     unless the file narrows or fixes them (see ``search.space``). Use as
-    ``Field(8, ge=1, json_schema_extra=search_hint(1, 32, log=True))``.
+    ``Field(8, ge=1, json_schema_extra=search_hint(1, 32, log=True))``. A searched field is a
+    tuning field (``orchestrator.trust``): the hint declares that too.
     """
     hint: dict[str, Any] = {"low": low, "high": high, "step": step, "choices": choices}
     hint = {k: v for k, v in hint.items() if v is not None}
     if log:
         hint["log"] = True
-    return {"search": hint}
+    return {"search": hint, **tuning()}
 
 
 class StrategyConfig(BaseModel):
@@ -60,13 +76,15 @@ class StrategyConfig(BaseModel):
 class SamplingConfig(StrategyConfig):
     """Sampling parameters shared by the strategies that call a backend."""
 
-    backend: str | None = Field(None, description="backend name; None = the run's default")
+    backend: str | None = Field(
+        None, description="backend name; None = the run's default", json_schema_extra=tuning()
+    )
     temperature: float = Field(
         0.7, ge=0.0, le=2.0, json_schema_extra=search_hint(0.0, 1.2, step=0.1)
     )
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    max_tokens: int = Field(512, ge=1, le=32768)
-    stop: list[str] | None = None
+    top_p: float = Field(1.0, gt=0.0, le=1.0, json_schema_extra=tuning())
+    max_tokens: int = Field(512, ge=1, le=32768, json_schema_extra=tuning())
+    stop: list[str] | None = Field(None, json_schema_extra=tuning())
 
     def request(self, problem: Problem, n: int = 1, **overrides: Any) -> GenerationRequest:
         """A chat request posing ``problem`` with these sampling parameters."""
@@ -124,6 +142,15 @@ class Strategy(abc.ABC):
         for child in self.children():
             await child.aclose()
 
+    def max_samples(self) -> int | None:
+        """An upper bound on the model samples (each of a call's ``n`` counts) one run of this
+        node may draw, its children's and its verifiers' included, from the config alone.
+
+        The service compares it with its cap before any call. Default None: the strategy cannot
+        bound itself, and the service refuses it (override it; ``runs_of`` helps).
+        """
+        return None
+
     def backend_needs(self) -> Capabilities:
         """What this node's own backend must offer (may depend on the config), as a verifier's
         ``backend_needs`` is what the backends it calls itself must offer."""
@@ -172,6 +199,13 @@ class InnerStrategy(Strategy):
 
     def children(self) -> list[Strategy]:
         return [self.inner] if self.inner is not None else []
+
+
+def runs_of(count: int, child: Strategy | None) -> int | None:
+    """The samples of ``count`` runs of ``child`` (one sample each when ``child`` is None);
+    None when the child cannot bound itself."""
+    per = 1 if child is None else child.max_samples()
+    return None if per is None else count * per
 
 
 def build_strategy(spec: StrategySpec | Strategy) -> Strategy:

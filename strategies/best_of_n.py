@@ -13,6 +13,7 @@ from pydantic import Field
 from orchestrator.backends.base import Capabilities
 from orchestrator.context import RunContext
 from orchestrator.registry import strategies
+from orchestrator.trust import tuning
 from orchestrator.types import Problem, Result
 from strategies.sampling import NSamplesConfig, NSamplesStrategy, base_details, score_and_pick
 from verifiers.base import VerifierSpec, build_verifier
@@ -21,7 +22,11 @@ from verifiers.base import VerifierSpec, build_verifier
 class BestOfNConfig(NSamplesConfig):
     """``best_of_n`` options."""
 
-    verifier: VerifierSpec = Field("mean_logprob", description="the verifier that ranks")
+    verifier: VerifierSpec = Field(
+        "mean_logprob",
+        description="the verifier that ranks",
+        json_schema_extra=tuning(nested="verifier"),
+    )
 
 
 @strategies.register("best_of_n")

@@ -52,6 +52,7 @@ from orchestrator.context import RunContext
 from orchestrator.errors import BudgetExhausted, CapabilityError, ConfigError
 from orchestrator.registry import strategies
 from orchestrator.trace import Span
+from orchestrator.trust import tuning
 from orchestrator.types import Candidate, Problem, Result, ScoredCandidate
 from strategies.base import Strategy, StrategyConfig, StrategySpec, build_strategy
 from strategies.sampling import base_details, sample
@@ -138,21 +139,37 @@ class CascadeConfig(StrategyConfig):
     small: StrategySpec = Field(
         default_factory=lambda: {"strategy": "single"},
         description="the cheap strategy that answers first (its spec names its backend)",
+        json_schema_extra=tuning(nested="strategy"),
     )
     large: StrategySpec = Field(
         default_factory=lambda: {"strategy": "single"},
         description="the strategy that answers when the rule defers (its spec names its backend)",
+        json_schema_extra=tuning(nested="strategy"),
     )
-    rule: Rule = Field("mean_logprob", description="the deferral rule")
+    rule: Rule = Field("mean_logprob", description="the deferral rule", json_schema_extra=tuning())
     threshold: float | None = Field(
-        None, description="deferral threshold; None = the rule's default (DEFAULT_THRESHOLDS)"
+        None,
+        description="deferral threshold; None = the rule's default (DEFAULT_THRESHOLDS)",
+        json_schema_extra=tuning(),
     )
-    quantile: float = Field(0.9, ge=0.0, le=1.0, description="entropy_quantile: the quantile q")
+    quantile: float = Field(
+        0.9,
+        ge=0.0,
+        le=1.0,
+        description="entropy_quantile: the quantile q",
+        json_schema_extra=tuning(),
+    )
     top_logprobs: int = Field(
-        20, ge=2, le=20, description="entropy_quantile: alternatives per token (the k of top-k)"
+        20,
+        ge=2,
+        le=20,
+        description="entropy_quantile: alternatives per token (the k of top-k)",
+        json_schema_extra=tuning(),
     )
     verifier: VerifierSpec | None = Field(
-        None, description="self_eval: the verifier; None = self_eval on the small backend"
+        None,
+        description="self_eval: the verifier; None = self_eval on the small backend",
+        json_schema_extra=tuning(nested="verifier"),
     )
 
     @model_validator(mode="after")
@@ -210,6 +227,13 @@ class Cascade(Strategy):
 
     def verifiers(self) -> list[Any]:
         return [self.verifier] if self.verifier is not None else []
+
+    def max_samples(self) -> int | None:
+        """The small child, the large one, and the verifier's look at the small answer."""
+        small, large = self.small.max_samples(), self.large.max_samples()
+        if small is None or large is None:
+            return None
+        return small + large + sum(v.max_samples(1) for v in self.verifiers())
 
     def signal_needs(self) -> Capabilities:
         """What the rule needs from the small child's backend (beyond the child's own needs)."""

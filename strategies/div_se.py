@@ -40,8 +40,9 @@ from pydantic import Field, field_validator, model_validator
 from orchestrator.answers import extract_answer
 from orchestrator.context import RunContext
 from orchestrator.registry import strategies
+from orchestrator.trust import privileged, tuning
 from orchestrator.types import Candidate, Problem, Result, ScoredCandidate
-from strategies.base import InnerStrategy, SamplingConfig, Strategy, StrategySpec
+from strategies.base import InnerStrategy, SamplingConfig, Strategy, StrategySpec, runs_of
 from strategies.div_se_approaches import MATH_APPROACHES, load_approaches
 from strategies.sampling import Collected, base_details, result_candidate, sample
 from strategies.voting import vote
@@ -177,16 +178,32 @@ def parse_approach_answers(text: str, k: int, fmt: str = "auto") -> ParsedAnswer
 class DiversityConfig(SamplingConfig):
     """Options shared by ``div_se`` and ``idiv_se``."""
 
-    temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 in the paper")
+    temperature: float = Field(
+        0.0, ge=0.0, le=2.0, description="0 in the paper", json_schema_extra=tuning()
+    )
     approaches: list[str] | None = Field(
-        None, min_length=1, description="the approaches (None: approaches_file or the default)"
+        None,
+        min_length=1,
+        description="the approaches (None: approaches_file or the default)",
+        json_schema_extra=tuning(),
     )
     approaches_file: str | None = Field(
-        None, description="YAML from `ttc approaches` ({approaches: [...]}) or a bare list"
+        None,
+        description="YAML from `ttc approaches` ({approaches: [...]}) or a bare list",
+        json_schema_extra=privileged("files", "reads a file of the server"),
     )
-    k: int = Field(5, ge=1, le=20, description="use the first k approaches (all when fewer)")
+    k: int = Field(
+        5,
+        ge=1,
+        le=20,
+        description="use the first k approaches (all when fewer)",
+        json_schema_extra=tuning(),
+    )
     personas: list[str] | None = Field(
-        None, min_length=1, description="personas, paired with the approaches in turn"
+        None,
+        min_length=1,
+        description="personas, paired with the approaches in turn",
+        json_schema_extra=tuning(),
     )
 
     @field_validator("approaches", "personas")
@@ -251,6 +268,7 @@ class DivSEConfig(DiversityConfig):
         None,
         description="a child strategy that solves each approach's prompt (None: one sample "
         "with this config's sampling fields, which a child ignores)",
+        json_schema_extra=tuning(nested="strategy"),
     )
 
 
@@ -259,6 +277,10 @@ class DivSE(InnerStrategy, DiversityStrategy):
     """DIV-SE: one call per approach, in parallel, then a majority vote (Naik et al. 2023)."""
 
     Config = DivSEConfig
+
+    def max_samples(self) -> int | None:
+        """One sample (or child run) per approach."""
+        return runs_of(len(self.pairs), self.inner)
 
     async def run(self, problem: Problem, ctx: RunContext) -> Result:
         async with asyncio.TaskGroup() as tg:
@@ -311,7 +333,7 @@ class DivSE(InnerStrategy, DiversityStrategy):
 class IDivSEConfig(DiversityConfig):
     """``idiv_se`` options: one completion holds k solutions, hence the longer default."""
 
-    max_tokens: int = Field(1024, ge=1, le=32768)
+    max_tokens: int = Field(1024, ge=1, le=32768, json_schema_extra=tuning())
 
 
 @strategies.register("idiv_se")
@@ -319,6 +341,10 @@ class IDivSE(DiversityStrategy):
     """IDIV-SE: one call solving with all k approaches; parse k answers and vote."""
 
     Config = IDivSEConfig
+
+    def max_samples(self) -> int:
+        """One completion holding every approach's solution."""
+        return 1
 
     async def run(self, problem: Problem, ctx: RunContext) -> Result:
         fmt = problem.answer_format

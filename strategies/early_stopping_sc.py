@@ -41,8 +41,9 @@ from scipy.special import betainc
 from orchestrator.context import RunContext
 from orchestrator.registry import strategies
 from orchestrator.trace import Span
+from orchestrator.trust import tuning
 from orchestrator.types import Candidate, Problem, Result, ScoredCandidate
-from strategies.base import InnerStrategy, SamplingConfig, StrategySpec
+from strategies.base import InnerStrategy, SamplingConfig, StrategySpec, runs_of
 from strategies.sampling import Collected, run_children, sample
 from strategies.voting import vote
 
@@ -78,16 +79,38 @@ def batch_sizes(n_max: int, batch_size: int) -> list[int]:
 class EarlyStoppingSCConfig(SamplingConfig):
     """``early_stopping_sc`` options (defaults: the paper's N_max=40 and threshold 0.95)."""
 
-    n_max: int = Field(40, ge=1, le=1024, description="the most samples (or child runs) drawn")
-    batch_size: int = Field(4, ge=1, le=1024, description="samples per batch; rule checked after")
+    n_max: int = Field(
+        40,
+        ge=1,
+        le=1024,
+        description="the most samples (or child runs) drawn",
+        json_schema_extra=tuning(),
+    )
+    batch_size: int = Field(
+        4,
+        ge=1,
+        le=1024,
+        description="samples per batch; rule checked after",
+        json_schema_extra=tuning(),
+    )
     threshold: float = Field(
-        0.95, gt=0.5, lt=1.0, description="stop when P(lead beats runner-up) >= this"
+        0.95,
+        gt=0.5,
+        lt=1.0,
+        description="stop when P(lead beats runner-up) >= this",
+        json_schema_extra=tuning(),
     )
     parallel_batches: int = Field(
-        1, ge=1, le=64, description="batches in flight at once; extra ones cancelled on a stop"
+        1,
+        ge=1,
+        le=64,
+        description="batches in flight at once; extra ones cancelled on a stop",
+        json_schema_extra=tuning(),
     )
     inner: StrategySpec | None = Field(
-        None, description="a child strategy whose runs are the votes, instead of direct samples"
+        None,
+        description="a child strategy whose runs are the votes, instead of direct samples",
+        json_schema_extra=tuning(nested="strategy"),
     )
 
 
@@ -111,6 +134,10 @@ class EarlyStoppingSC(InnerStrategy):
     """Self-consistency in batches with Adaptive-Consistency's Beta stopping rule."""
 
     Config = EarlyStoppingSCConfig
+
+    def max_samples(self) -> int | None:
+        """At most ``n_max`` samples (or child runs)."""
+        return runs_of(self.config.n_max, self.inner)
 
     async def run(self, problem: Problem, ctx: RunContext) -> Result:
         prog = await self._collect(problem, ctx)

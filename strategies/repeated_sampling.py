@@ -13,6 +13,7 @@ from orchestrator.answers import answers_equivalent
 from orchestrator.context import RunContext
 from orchestrator.registry import strategies
 from orchestrator.stats import coverage_curve
+from orchestrator.trust import tuning
 from orchestrator.types import Problem, Result
 from strategies.best_of_n import BestOfN, BestOfNConfig
 from verifiers.base import VerifierSpec
@@ -21,8 +22,12 @@ from verifiers.base import VerifierSpec
 class RepeatedSamplingConfig(BestOfNConfig):
     """``repeated_sampling`` options."""
 
-    n: int = Field(16, ge=1, le=1024, description="number of samples")
-    verifier: VerifierSpec = Field("majority_vote", description="verifier choosing the answer")
+    n: int = Field(16, ge=1, le=1024, description="number of samples", json_schema_extra=tuning())
+    verifier: VerifierSpec = Field(
+        "majority_vote",
+        description="verifier choosing the answer",
+        json_schema_extra=tuning(nested="verifier"),
+    )
 
 
 @strategies.register("repeated_sampling")

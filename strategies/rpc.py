@@ -37,6 +37,7 @@ from orchestrator.answers import group_answers
 from orchestrator.backends.base import Capabilities
 from orchestrator.context import RunContext
 from orchestrator.registry import strategies
+from orchestrator.trust import tuning
 from orchestrator.types import Candidate, Problem, Result, Score, ScoredCandidate
 from strategies.sampling import NSamplesConfig, NSamplesStrategy, base_details
 
@@ -219,12 +220,21 @@ def perplexity_consistency(
 class RPCConfig(NSamplesConfig):
     """``rpc`` options (n = 8 paths at temperature 0.7 by default)."""
 
-    prune: bool = Field(True, description="apply reasoning pruning (False = plain PC)")
+    prune: bool = Field(
+        True, description="apply reasoning pruning (False = plain PC)", json_schema_extra=tuning()
+    )
     min_paths_for_pruning: int = Field(
-        8, ge=2, description="prune only with at least this many answered paths"
+        8,
+        ge=2,
+        description="prune only with at least this many answered paths",
+        json_schema_extra=tuning(),
     )
     prune_threshold: float = Field(
-        0.5, gt=0.0, lt=1.0, description='prune below this posterior of the "high" component'
+        0.5,
+        gt=0.0,
+        lt=1.0,
+        description='prune below this posterior of the "high" component',
+        json_schema_extra=tuning(),
     )
 
 

@@ -15,12 +15,14 @@ from pydantic import Field
 from orchestrator.backends.base import GenerationRequest
 from orchestrator.context import RunContext
 from orchestrator.errors import BackendError, BudgetExhausted
+from orchestrator.trust import tuning
 from orchestrator.types import Candidate, Problem, Result, ScoredCandidate
 from strategies.base import (
     InnerStrategy,
     SamplingConfig,
     Strategy,
     StrategySpec,
+    runs_of,
     search_hint,
 )
 
@@ -100,7 +102,9 @@ class NSamplesConfig(SamplingConfig):
         json_schema_extra=search_hint(1, 32, log=True),
     )
     inner: StrategySpec | None = Field(
-        None, description="a child strategy run n times instead of sampling directly"
+        None,
+        description="a child strategy run n times instead of sampling directly",
+        json_schema_extra=tuning(nested="strategy"),
     )
 
 
@@ -108,6 +112,13 @@ class NSamplesStrategy(InnerStrategy):
     """Base of strategies that gather N candidates first (best_of_n, self_consistency, ...)."""
 
     Config = NSamplesConfig
+
+    def max_samples(self) -> int | None:
+        """``n`` samples (or child runs), plus what the verifiers draw to score them."""
+        gathered = runs_of(self.config.n, self.inner)
+        if gathered is None:
+            return None
+        return gathered + sum(v.max_samples(self.config.n) for v in self.verifiers())
 
     def wants_logprobs(self) -> bool:
         """Whether direct samples should carry logprobs (subclasses decide)."""

@@ -15,6 +15,7 @@ from pydantic import Field
 from orchestrator.backends.base import Capabilities
 from orchestrator.context import RunContext
 from orchestrator.registry import strategies
+from orchestrator.trust import tuning
 from orchestrator.types import Problem, Result, Score, ScoredCandidate
 from strategies.sampling import NSamplesConfig, NSamplesStrategy, base_details
 from strategies.voting import vote
@@ -25,7 +26,9 @@ class SelfConsistencyConfig(NSamplesConfig):
     """``self_consistency`` options."""
 
     verifier: VerifierSpec | None = Field(
-        None, description="weigh votes by this verifier's scores (None = one vote each)"
+        None,
+        description="weigh votes by this verifier's scores (None = one vote each)",
+        json_schema_extra=tuning(nested="verifier"),
     )
 
 

@@ -52,6 +52,7 @@ from orchestrator.answers import answers_equivalent
 from orchestrator.context import RunContext
 from orchestrator.errors import BackendError, BudgetExhausted
 from orchestrator.registry import strategies
+from orchestrator.trust import tuning
 from orchestrator.types import Candidate, Problem, Result, ScoredCandidate
 from strategies import sift_prompts as prompts
 from strategies.base import SamplingConfig, Strategy
@@ -65,19 +66,41 @@ _CONDITIONS_RE = re.compile(r"(?im)^[\W_]*conditions\s*:")
 class SiftConfig(SamplingConfig):
     """``sift`` options. Prompt templates: see ``strategies.sift_prompts``."""
 
-    temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 = greedy, as in the paper")
+    temperature: float = Field(
+        0.0, ge=0.0, le=2.0, description="0 = greedy, as in the paper", json_schema_extra=tuning()
+    )
     sticker_max_tokens: int | None = Field(
-        None, ge=1, le=32768, description="max_tokens of Sticker calls (None = max_tokens)"
+        None,
+        ge=1,
+        le=32768,
+        description="max_tokens of Sticker calls (None = max_tokens)",
+        json_schema_extra=tuning(),
     )
     fallback: Literal["eager", "lazy"] = Field(
-        "lazy", description="compute P_Q up front, in parallel (eager), or only when needed"
+        "lazy",
+        description="compute P_Q up front, in parallel (eager), or only when needed",
+        json_schema_extra=tuning(),
     )
-    q2p_prompt: str = Field(prompts.Q2P, description="q2p template ({question})")
-    sticker_prompt: str = Field(prompts.STICKER, description="Sticker generation ({question})")
-    a2p_prompt: str = Field(prompts.A2P, description="a2p template ({sticker})")
-    q_a2p_prompt: str = Field(prompts.Q_A2P, description="q_a2p template ({question}, {sticker})")
-    forward_prompt: str = Field(prompts.FORWARD, description="forward ({question}, {sticker})")
-    inverse_prompt: str = Field(prompts.INVERSE, description="inverse ({prediction})")
+    q2p_prompt: str = Field(
+        prompts.Q2P, description="q2p template ({question})", json_schema_extra=tuning()
+    )
+    sticker_prompt: str = Field(
+        prompts.STICKER, description="Sticker generation ({question})", json_schema_extra=tuning()
+    )
+    a2p_prompt: str = Field(
+        prompts.A2P, description="a2p template ({sticker})", json_schema_extra=tuning()
+    )
+    q_a2p_prompt: str = Field(
+        prompts.Q_A2P,
+        description="q_a2p template ({question}, {sticker})",
+        json_schema_extra=tuning(),
+    )
+    forward_prompt: str = Field(
+        prompts.FORWARD, description="forward ({question}, {sticker})", json_schema_extra=tuning()
+    )
+    inverse_prompt: str = Field(
+        prompts.INVERSE, description="inverse ({prediction})", json_schema_extra=tuning()
+    )
 
     @field_validator(*prompts.REQUIRED)
     @classmethod
@@ -146,6 +169,10 @@ class Sift(Strategy):
     """SIFT: answer from a Sticker and from question + Sticker; refine the Sticker until agreed."""
 
     Config = SiftConfig
+
+    def max_samples(self) -> int:
+        """At most 11 calls of one sample (the module docstring's procedure)."""
+        return MAX_CALLS
 
     async def run(self, problem: Problem, ctx: RunContext) -> Result:
         run = _Run(problem, ctx)

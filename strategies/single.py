@@ -6,6 +6,7 @@ from pydantic import Field
 
 from orchestrator.context import RunContext
 from orchestrator.registry import strategies
+from orchestrator.trust import tuning
 from orchestrator.types import Problem, Result, ScoredCandidate
 from strategies.base import SamplingConfig, Strategy, search_hint
 from strategies.sampling import base_details, sample
@@ -17,7 +18,9 @@ class SingleConfig(SamplingConfig):
     temperature: float = Field(
         0.0, ge=0.0, le=2.0, json_schema_extra=search_hint(0.0, 1.2, step=0.1)
     )
-    logprobs: bool = Field(False, description="ask the backend for per-token logprobs")
+    logprobs: bool = Field(
+        False, description="ask the backend for per-token logprobs", json_schema_extra=tuning()
+    )
 
 
 @strategies.register("single")
@@ -25,6 +28,10 @@ class Single(Strategy):
     """Sample once and return the extracted answer."""
 
     Config = SingleConfig
+
+    def max_samples(self) -> int:
+        """One sample."""
+        return 1
 
     async def run(self, problem: Problem, ctx: RunContext) -> Result:
         request = self.config.request(problem, n=1, logprobs=self.config.logprobs)

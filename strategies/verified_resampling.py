@@ -50,8 +50,9 @@ from orchestrator.backends.base import Capabilities
 from orchestrator.context import RunContext
 from orchestrator.errors import BudgetExhausted
 from orchestrator.registry import strategies
+from orchestrator.trust import tuning
 from orchestrator.types import Problem, Result, Score, ScoredCandidate
-from strategies.base import InnerStrategy, SamplingConfig, StrategySpec
+from strategies.base import InnerStrategy, SamplingConfig, StrategySpec, runs_of
 from strategies.sampling import Collected, run_children, sample
 from verifiers.base import VerifierSpec, build_verifier
 
@@ -119,32 +120,71 @@ class TaskType(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    accuracy: float = Field(ge=0.0, le=1.0, description="single-sample accuracy r_t")
-    weight: float = Field(ge=0.0, description="prior weight pi_t (normalised to sum 1)")
+    accuracy: float = Field(
+        ge=0.0, le=1.0, description="single-sample accuracy r_t", json_schema_extra=tuning()
+    )
+    weight: float = Field(
+        ge=0.0, description="prior weight pi_t (normalised to sum 1)", json_schema_extra=tuning()
+    )
 
 
 class VerifiedResamplingConfig(SamplingConfig):
     """``verified_resampling`` options (defaults: the paper's worked example, lambda = 1)."""
 
-    verifier: VerifierSpec = Field("self_eval", description="the imperfect verifier")
-    accept_threshold: float = Field(0.5, description="accept when score >= this")
-    completeness: float = Field(1.0, ge=0.0, le=1.0, description="c = P(accept | correct)")
-    soundness: float = Field(0.75, ge=0.0, le=1.0, description="s = P(reject | incorrect)")
-    wrong_answer_cost: float = Field(1.0, ge=0.0, description="lambda: cost of a false accept")
+    verifier: VerifierSpec = Field(
+        "self_eval",
+        description="the imperfect verifier",
+        json_schema_extra=tuning(nested="verifier"),
+    )
+    accept_threshold: float = Field(
+        0.5, description="accept when score >= this", json_schema_extra=tuning()
+    )
+    completeness: float = Field(
+        1.0, ge=0.0, le=1.0, description="c = P(accept | correct)", json_schema_extra=tuning()
+    )
+    soundness: float = Field(
+        0.75, ge=0.0, le=1.0, description="s = P(reject | incorrect)", json_schema_extra=tuning()
+    )
+    wrong_answer_cost: float = Field(
+        1.0, ge=0.0, description="lambda: cost of a false accept", json_schema_extra=tuning()
+    )
     accuracy: float | None = Field(
-        None, ge=0.0, le=1.0, description="single-sample accuracy r (instead of task_types)"
+        None,
+        ge=0.0,
+        le=1.0,
+        description="single-sample accuracy r (instead of task_types)",
+        json_schema_extra=tuning(),
     )
     task_types: list[TaskType] | None = Field(
-        None, min_length=1, description="prior over task types (None: the paper's example)"
+        None,
+        min_length=1,
+        max_length=64,
+        description="prior over task types (None: the paper's example); the K* search costs "
+        "max_k x types steps, hence at most 64",
+        json_schema_extra=tuning(),
     )
-    max_k: int = Field(64, ge=1, le=1024, description="largest K considered")
-    k: int | None = Field(None, ge=1, le=1024, description="fixed K (skips the optimisation)")
-    batch_size: int = Field(1, ge=1, le=64, description="attempts sampled per request")
+    max_k: int = Field(
+        64, ge=1, le=1024, description="largest K considered", json_schema_extra=tuning()
+    )
+    k: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="fixed K (skips the optimisation)",
+        json_schema_extra=tuning(),
+    )
+    batch_size: int = Field(
+        1, ge=1, le=64, description="attempts sampled per request", json_schema_extra=tuning()
+    )
     on_exhausted: Literal["abstain", "best"] = Field(
-        "abstain", description="no acceptance within K: abstain, or return the best-scored"
+        "abstain",
+        description="no acceptance within K: abstain, or return the best-scored",
+        json_schema_extra=tuning(),
     )
     inner: StrategySpec | None = Field(
-        None, description="a child strategy whose runs are the attempts, instead of samples"
+        None,
+        description="a child strategy whose runs are the attempts, instead of samples",
+        json_schema_extra=tuning(nested="strategy"),
     )
 
     @model_validator(mode="after")
@@ -196,6 +236,16 @@ class VerifiedResampling(InnerStrategy):
 
     def verifiers(self) -> list[Any]:
         return [self.verifier]
+
+    def max_samples(self) -> int | None:
+        """At most K attempts (``k``, else ``max_k``), in batches of ``batch_size``, each batch
+        scored by the verifier."""
+        k = self.config.k or self.config.max_k
+        attempts = runs_of(k, self.inner)
+        if attempts is None:
+            return None
+        batch = min(self.config.batch_size, k)
+        return attempts + math.ceil(k / batch) * self.verifier.max_samples(batch)
 
     def backend_needs(self) -> Capabilities:
         return self.requires if self.inner is not None else self.verifier.candidate_needs

@@ -24,12 +24,17 @@ When we are root (the service's normal case):
 - **wall clock, output**: enforced here; stdout and stderr are each kept up to
   ``output_bytes``, and the sandbox is stopped as soon as either overflows.
 
-Without root there is no uid switch and no mount namespace (no chroot or remount without
-privileges): the program runs as our user and can write wherever we can; ``RLIMIT_NPROC`` is our
-user's process count plus ``max_processes``; the network is isolated with
-``unshare(CLONE_NEWUSER | CLONE_NEWNET)`` where unprivileged user namespaces are allowed. The
-result says which protections were in place (``network_isolated``, ``filesystem_isolated``,
-``uid``). Never covered: reading world-readable files, seeing other processes in /proc.
+Without root, mode ``bwrap`` (the default when bubblewrap is usable, see
+``verifiers._bubblewrap``): the launcher runs inside ``bwrap``, which shows it only the system
+directories and the interpreter (read-only), its working directory (a tmpfs of ``disk_bytes``)
+and an empty ``/tmp``, in new user, PID and network namespaces: no file of the service, no
+process of the host, no network. Mode ``plain`` (not root, no usable bubblewrap): no uid switch
+and no mount namespace; the program runs as our user and can read and write wherever we can,
+and the network is isolated with ``unshare(CLONE_NEWUSER | CLONE_NEWNET)`` where unprivileged
+user namespaces are allowed; the service refuses client code then (``isolation_status``). In
+both, ``RLIMIT_NPROC`` is our user's process count plus ``max_processes``. The result says
+which protections were in place (``network_isolated``, ``filesystem_isolated``, ``uid``).
+Never covered as root: reading world-readable files, seeing other processes in /proc.
 """
 
 from __future__ import annotations
@@ -51,58 +56,31 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import IO, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from orchestrator.errors import TTCError
+from verifiers._bubblewrap import bwrap, bwrap_argv, isolation_status
+from verifiers._sandbox_limits import KillReason, MiB, SandboxLimits, SandboxResult
 
-MiB = 1 << 20
 #: The sandbox uids: ``UID_BASE + k`` for k in ``range(UID_COUNT)`` (no passwd entries needed).
 UID_BASE = 2_100_000
 UID_COUNT = 256
 _GRACE_SECONDS = 1.0  # how long the launcher gets to kill and reap its subtree
-KillReason = Literal["wall", "cpu", "output", "signal"]
+SandboxMode = Literal["root", "bwrap", "plain"]
+
+__all__ = [
+    "MiB", "SandboxError", "SandboxLimits", "SandboxMode", "SandboxResult", "default_mode",
+    "isolation_status", "run_sandboxed",
+]  # fmt: skip
+
+
+def default_mode() -> SandboxMode:
+    """``root`` as root, else ``bwrap`` when bubblewrap is usable, else ``plain``."""
+    if os.geteuid() == 0:
+        return "root"
+    return "bwrap" if bwrap() is not None else "plain"
 
 
 class SandboxError(TTCError):
     """The sandbox itself could not run the program (not the program's fault)."""
-
-
-class SandboxLimits(BaseModel):
-    """Resource limits of one sandboxed program run."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    wall_seconds: float = Field(5.0, gt=0, le=600, description="wall-clock limit")
-    cpu_seconds: int = Field(5, ge=1, le=600, description="CPU time per process (RLIMIT_CPU)")
-    memory_bytes: int = Field(512 * MiB, ge=64 * MiB, description="address space (RLIMIT_AS)")
-    max_processes: int = Field(8, ge=1, le=256, description="processes+threads (RLIMIT_NPROC)")
-    file_size_bytes: int = Field(10 * MiB, ge=0, description="largest file (RLIMIT_FSIZE)")
-    disk_bytes: int = Field(64 * MiB, ge=MiB, description="tmpfs size of the working directory")
-    output_bytes: int = Field(64 * 1024, ge=1024, description="cap on stdout and on stderr")
-
-
-class SandboxResult(BaseModel):
-    """What happened to one sandboxed run (a failing or killed program is a normal result)."""
-
-    model_config = ConfigDict(frozen=True)
-
-    exit_code: int | None = Field(description="-N for signal N; None: the sandbox stopped it")
-    timed_out: bool = Field(False, description="the wall-clock limit stopped it")
-    killed_reason: KillReason | None = Field(None, description="signal = e.g. hard CPU limit")
-    stdout: str = Field("", description="decoded, cut at output_bytes")
-    stderr: str = Field("", description="decoded, cut at output_bytes")
-    truncated: bool = Field(False, description="stdout or stderr was cut")
-    seconds: float = Field(0.0, description="wall time from start to the end of cleanup")
-    network_isolated: bool = False
-    filesystem_isolated: bool = False
-    uid: int | None = Field(None, description="the uid it ran as; None: ours (not root)")
-    pid: int = Field(0, description="the launcher's pid, also the sandbox's session id")
-    leftover_processes: int = Field(0, description="still alive after cleanup (expect 0)")
-
-    @property
-    def ok(self) -> bool:
-        """The program exited with status 0 on its own."""
-        return self.exit_code == 0 and self.killed_reason is None
 
 
 @functools.cache
@@ -231,8 +209,10 @@ def _rlimits(limits: SandboxLimits, uid: int | None) -> list[tuple[str, int, int
 class _Run:
     """One sandboxed execution: spawn the launcher, watch it, stop it, sweep (per-call state)."""
 
-    def __init__(self, limits: SandboxLimits, uid: int | None, workdir: str) -> None:
-        self.limits, self.uid, self.workdir = limits, uid, workdir
+    def __init__(
+        self, limits: SandboxLimits, uid: int | None, workdir: str, mode: SandboxMode
+    ) -> None:
+        self.limits, self.uid, self.workdir, self.mode = limits, uid, workdir, mode
         self.reason: KillReason | None = None
         self.out, self.err = bytearray(), bytearray()
         self.truncated = False
@@ -265,13 +245,15 @@ class _Run:
         privileged = self.uid is not None
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
         env |= {"HOME": self.workdir, "TMPDIR": self.workdir}
+        jail = bwrap_argv(self.workdir, self.limits.disk_bytes) if self.mode == "bwrap" else []
         cfg = {
-            "parent": os.getpid(), "uid": self.uid, "workdir": self.workdir, "env": env,
+            "parent": None if jail else os.getpid(), "uid": self.uid, "workdir": self.workdir,
+            "env": env,
             "python": sandbox_python(privileged), "status_fd": status_w, "go_fd": go_r,
             "disk": self.limits.disk_bytes, "rlimits": _rlimits(self.limits, self.uid),
         }  # fmt: skip
         return await asyncio.create_subprocess_exec(
-            sys.executable, "-I", "-S", "-c", _launcher_source(), json.dumps(cfg),
+            *jail, sys.executable, "-I", "-S", "-c", _launcher_source(), json.dumps(cfg),
             stdin=stdin, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             cwd=self.workdir, env=env, start_new_session=True, pass_fds=(status_w, go_r),
         )  # fmt: skip
@@ -338,8 +320,8 @@ class _Run:
             stderr=self.err.decode("utf-8", "replace"),
             truncated=self.truncated,
             seconds=seconds,
-            network_isolated=bool(report.get("net")),
-            filesystem_isolated=bool(report.get("fs")),
+            network_isolated=bool(report.get("net")) or self.mode == "bwrap",
+            filesystem_isolated=bool(report.get("fs")) or self.mode == "bwrap",
             uid=self.uid,
             pid=pid,
             leftover_processes=self.leftover,
@@ -361,7 +343,11 @@ def _read_reports(fd: int) -> dict[str, Any]:
 
 
 async def run_sandboxed(
-    code: str, *, stdin: str = "", limits: SandboxLimits | None = None
+    code: str,
+    *,
+    stdin: str = "",
+    limits: SandboxLimits | None = None,
+    mode: SandboxMode | None = None,
 ) -> SandboxResult:
     """Run ``code`` as a Python program in the sandbox (see the module docstring).
 
@@ -369,6 +355,8 @@ async def run_sandboxed(
         code: the program's source, run as ``__main__``.
         stdin: what the program reads on standard input.
         limits: resource limits (default ``SandboxLimits()``).
+        mode: ``root``, ``bwrap`` or ``plain`` (see the module docstring; default
+            ``default_mode()``); ``bwrap`` also works as root (tests use it).
 
     Returns:
         The outcome; a program that fails, crashes or is killed is a normal result. When this
@@ -379,9 +367,11 @@ async def run_sandboxed(
         SandboxError: no usable interpreter, or the program could not be started.
     """
     limits = limits or SandboxLimits()
-    privileged = os.geteuid() == 0
-    sandbox_python(privileged)  # fail early, before taking a uid
-    async with _uid_slot(privileged) as uid:
+    mode = mode or default_mode()
+    if mode == "root" and os.geteuid() != 0:
+        raise SandboxError("sandbox mode 'root' needs root; use 'bwrap' or 'plain'")
+    sandbox_python(mode == "root")  # fail early, before taking a uid
+    async with _uid_slot(mode == "root") as uid:
         workdir = os.path.realpath(tempfile.mkdtemp(prefix="ttc-sandbox-"))
         try:
             with open(os.path.join(workdir, "prog.py"), "w", encoding="utf-8") as f:
@@ -391,6 +381,6 @@ async def run_sandboxed(
             with tempfile.TemporaryFile() as stdin_file:
                 stdin_file.write(stdin.encode("utf-8"))
                 stdin_file.seek(0)
-                return await _Run(limits, uid, workdir).execute(stdin_file)
+                return await _Run(limits, uid, workdir, mode).execute(stdin_file)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -104,7 +104,8 @@ def _l_run(cfg: dict[str, Any]) -> dict[str, Any]:
     libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)  # the service died: clean up
     libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    if os.getppid() != cfg["parent"] or os.read(cfg["go_fd"], 1) != b"1":
+    orphaned = cfg["parent"] is not None and os.getppid() != cfg["parent"]
+    if orphaned or os.read(cfg["go_fd"], 1) != b"1":
         return {"stopped": True}
     root = cfg["uid"] is not None
     net = libc.unshare(_CLONE_NEWNET if root else _CLONE_NEWNET | _CLONE_NEWUSER) == 0

@@ -11,6 +11,15 @@ this verifier *itself* calls must offer (a judge model's top logprobs, say), che
 run's first call; ``candidate_needs`` is what the candidates it scores must carry, hence what the
 *sampling* backend must offer (e.g. ``mean_logprob`` needs candidates sampled with logprobs);
 strategies read it to ask for logprobs and to refuse backends that lack them.
+
+Every config field declares what it can do (``orchestrator.trust``) in its
+``json_schema_extra``, as strategy fields do: ``tuning()`` (``tuning(nested="verifier")`` for
+child verifier specs), or ``privileged(<privilege>, <what it does>)`` for a field that loads
+code (``python.function``), opens connections (``reward_model.url``), reads the environment
+(``reward_model.api_key_env``), runs client code (``unit_tests.tests``) or sets resource limits
+(``unit_tests.limits``). A client of the service may set only the tuning ones unless the
+operator grants more. ``max_samples(candidates)`` bounds the model samples one ``score`` call
+draws (0 for verifiers that call no model).
 """
 
 from __future__ import annotations
@@ -68,6 +77,11 @@ class Verifier(abc.ABC):
                 )
             span.set(scores=[round(s.value, 4) for s in scores])
         return scores
+
+    def max_samples(self, candidates: int) -> int:
+        """An upper bound on the model samples one ``score`` call over ``candidates``
+        candidates draws (through ``ctx.generate``); default 0: the verifier calls no model."""
+        return 0
 
     def backend_needs(self) -> list[tuple[str | None, Capabilities]]:
         """What the backends this verifier itself calls must offer: ``(backend name, needs)``

@@ -11,6 +11,7 @@ from orchestrator.backends.base import Capabilities
 from orchestrator.context import RunContext
 from orchestrator.errors import ConfigError
 from orchestrator.registry import verifiers
+from orchestrator.trust import tuning
 from orchestrator.types import Candidate, Problem, Score
 from verifiers.base import Verifier, VerifierConfig
 
@@ -63,7 +64,10 @@ class MeanLogprobConfig(VerifierConfig):
     """``mean_logprob`` options."""
 
     length_floor: int = Field(
-        1, ge=1, description="candidates with fewer generated tokens than this score 0"
+        1,
+        ge=1,
+        description="candidates with fewer generated tokens than this score 0",
+        json_schema_extra=tuning(),
     )
 
 

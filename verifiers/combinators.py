@@ -53,6 +53,7 @@ from orchestrator.backends.base import Capabilities
 from orchestrator.context import RunContext
 from orchestrator.errors import ConfigError
 from orchestrator.registry import verifiers
+from orchestrator.trust import tuning
 from orchestrator.types import Candidate, Problem, Score
 from verifiers.base import Verifier, VerifierConfig, VerifierSpec, build_verifier
 
@@ -101,6 +102,10 @@ class Combinator(Verifier):
         self.candidate_needs = merge_needs(c.candidate_needs for c in children)  # type: ignore[misc]
         return children
 
+    def max_samples(self, candidates: int) -> int:
+        """What every child draws (in the worst case each child scores every candidate)."""
+        return sum(child.max_samples(candidates) for child in self.children)
+
     def backend_needs(self) -> list[tuple[str | None, Capabilities]]:
         """Every child's."""
         return [need for child in self.children for need in child.backend_needs()]
@@ -114,7 +119,11 @@ class Combinator(Verifier):
 class ChildrenConfig(VerifierConfig):
     """Options of combinators over a list of child verifiers."""
 
-    verifiers: list[VerifierSpec] = Field(min_length=1, description="child verifier specs")
+    verifiers: list[VerifierSpec] = Field(
+        min_length=1,
+        description="child verifier specs",
+        json_schema_extra=tuning(nested="verifier"),
+    )
 
 
 class WeightedVerifier(BaseModel):
@@ -122,15 +131,17 @@ class WeightedVerifier(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    verifier: VerifierSpec
-    weight: float = Field(1.0, ge=0.0, allow_inf_nan=False)
+    verifier: VerifierSpec = Field(json_schema_extra=tuning(nested="verifier"))
+    weight: float = Field(1.0, ge=0.0, allow_inf_nan=False, json_schema_extra=tuning())
 
 
 class WeightedSumConfig(VerifierConfig):
     """``weighted_sum`` options."""
 
     verifiers: list[WeightedVerifier] = Field(
-        min_length=1, description="children as {verifier: spec, weight: w >= 0}"
+        min_length=1,
+        description="children as {verifier: spec, weight: w >= 0}",
+        json_schema_extra=tuning(),
     )
 
     @model_validator(mode="after")
@@ -176,7 +187,9 @@ class AllOfConfig(ChildrenConfig):
     """``all_of`` options."""
 
     threshold: float | None = Field(
-        None, description="None: the minimum score; else 1.0 when every child is >= threshold"
+        None,
+        description="None: the minimum score; else 1.0 when every child is >= threshold",
+        json_schema_extra=tuning(),
     )
 
 
@@ -220,7 +233,11 @@ class FirstSuccessConfig(ChildrenConfig):
     """``first_success`` options."""
 
     threshold: float = Field(
-        1.0, gt=0.0, le=1.0, description="a child succeeds for a candidate at this score"
+        1.0,
+        gt=0.0,
+        le=1.0,
+        description="a child succeeds for a candidate at this score",
+        json_schema_extra=tuning(),
     )
 
 

@@ -31,6 +31,7 @@ from pydantic import Field, field_validator, model_validator
 
 from orchestrator.context import RunContext
 from orchestrator.registry import verifiers
+from orchestrator.trust import privileged, tuning
 from orchestrator.types import Candidate, Problem, Score
 from verifiers.base import Verifier, VerifierConfig
 
@@ -41,15 +42,30 @@ _MAX_REASON_CHARS = 300
 class FormatConfig(VerifierConfig):
     """``format`` options. Exactly one of ``regex`` and ``json_schema`` must be set."""
 
-    regex: str | None = Field(None, description="a Python regular expression the string must match")
+    regex: str | None = Field(
+        None,
+        description="a Python regular expression the string must match",
+        json_schema_extra=privileged(
+            "code",
+            "a regular expression the server runs: a pathological one can take unbounded CPU",
+        ),
+    )
     mode: Literal["fullmatch", "search"] = Field(
-        "fullmatch", description="regex only: match the whole string, or find it anywhere"
+        "fullmatch",
+        description="regex only: match the whole string, or find it anywhere",
+        json_schema_extra=tuning(),
     )
     json_schema: dict[str, Any] | None = Field(
-        None, description="a JSON Schema the string, parsed as JSON, must satisfy"
+        None,
+        description="a JSON Schema the string, parsed as JSON, must satisfy",
+        json_schema_extra=privileged(
+            "code", "a JSON Schema the server evaluates; its patterns are regular expressions"
+        ),
     )
     target: Literal["answer", "text"] = Field(
-        "answer", description="check the extracted answer or the whole completion text"
+        "answer",
+        description="check the extracted answer or the whole completion text",
+        json_schema_extra=tuning(),
     )
 
     @field_validator("regex")

@@ -49,6 +49,7 @@ from orchestrator.backends.base import GenerationRequest
 from orchestrator.context import RunContext
 from orchestrator.errors import BackendError, BudgetExhausted
 from orchestrator.registry import verifiers
+from orchestrator.trust import tuning
 from orchestrator.types import Candidate, Message, Problem, Score
 from verifiers.base import Verifier, VerifierConfig
 
@@ -141,8 +142,20 @@ def parse_verdict(text: str) -> Literal["A", "B"] | None:
 
 
 def template_fields(template: str) -> set[str]:
-    """The ``{placeholder}`` names a ``str.format`` template uses."""
-    return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    """The ``{placeholder}`` names a ``str.format`` template uses.
+
+    Raises:
+        ValueError: a placeholder with a format spec or a conversion (``{answer:>99999999}``
+            would build a huge string, and templates may come from a service client).
+    """
+    names = set()
+    for _, name, spec, conversion in string.Formatter().parse(template):
+        if name is None:
+            continue
+        if spec or conversion:
+            raise ValueError(f"placeholder {{{name}}} may not have a format spec or conversion")
+        names.add(name)
+    return names
 
 
 # -- config ------------------------------------------------------------------------------------
@@ -151,29 +164,53 @@ def template_fields(template: str) -> set[str]:
 class LLMJudgeConfig(VerifierConfig):
     """``llm_judge`` options."""
 
-    mode: Literal["pointwise", "pairwise"] = "pointwise"
-    backend: str | None = Field(None, description="judge backend; None = the run's default")
-    temperature: float = Field(0.0, ge=0.0, le=2.0)
-    max_tokens: int = Field(64, ge=1, le=4096, description="tokens per judge reply")
-    retries: int = Field(1, ge=0, le=5, description="re-asks after an unparseable reply")
+    mode: Literal["pointwise", "pairwise"] = Field("pointwise", json_schema_extra=tuning())
+    backend: str | None = Field(
+        None, description="judge backend; None = the run's default", json_schema_extra=tuning()
+    )
+    temperature: float = Field(0.0, ge=0.0, le=2.0, json_schema_extra=tuning())
+    max_tokens: int = Field(
+        64, ge=1, le=4096, description="tokens per judge reply", json_schema_extra=tuning()
+    )
+    retries: int = Field(
+        1, ge=0, le=5, description="re-asks after an unparseable reply", json_schema_extra=tuning()
+    )
     failure_score: float = Field(
-        0.0, ge=0.0, le=1.0, description="pointwise score when no verdict could be had"
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="pointwise score when no verdict could be had",
+        json_schema_extra=tuning(),
     )
-    pointwise_template: str = Field(POINTWISE_TEMPLATE, description="uses {question}, {answer}")
+    pointwise_template: str = Field(
+        POINTWISE_TEMPLATE, description="uses {question}, {answer}", json_schema_extra=tuning()
+    )
     pairwise_template: str = Field(
-        PAIRWISE_TEMPLATE, description="uses {question}, {answer_a}, {answer_b}"
+        PAIRWISE_TEMPLATE,
+        description="uses {question}, {answer_a}, {answer_b}",
+        json_schema_extra=tuning(),
     )
-    retry_prompt: str | None = Field(None, description="the re-ask; None = the mode's default")
+    retry_prompt: str | None = Field(
+        None, description="the re-ask; None = the mode's default", json_schema_extra=tuning()
+    )
     reply_prefix: str | None = Field(
         None,
         min_length=1,
         description='start of the judge\'s reply, e.g. "Score:" or "Verdict:" (only on backends '
         "with prefix continuation; ignored elsewhere)",
+        json_schema_extra=tuning(),
     )
-    both_orders: bool = Field(True, description="judge each pair as (A, B) and as (B, A)")
-    max_round_robin: int = Field(8, ge=2, description="full round robin up to this many")
+    both_orders: bool = Field(
+        True, description="judge each pair as (A, B) and as (B, A)", json_schema_extra=tuning()
+    )
+    max_round_robin: int = Field(
+        8, ge=2, description="full round robin up to this many", json_schema_extra=tuning()
+    )
     comparisons_per_candidate: int = Field(
-        4, ge=1, description="random-pairing rounds beyond max_round_robin candidates"
+        4,
+        ge=1,
+        description="random-pairing rounds beyond max_round_robin candidates",
+        json_schema_extra=tuning(),
     )
 
     @model_validator(mode="after")
@@ -243,6 +280,20 @@ class LLMJudge(Verifier):
                 details = {**rep.details, "duplicate_of": first[i]}
                 out.append(rep.model_copy(update={"details": details}))
         return out
+
+    def max_samples(self, candidates: int) -> int:
+        """One judge question per candidate (pointwise) or per game (pairwise, see
+        ``schedule``), each asked up to ``1 + retries`` times."""
+        cfg = self.config
+        if cfg.mode == "pointwise":
+            questions = candidates
+        elif candidates <= cfg.max_round_robin:
+            questions = candidates * (candidates - 1) // 2
+        else:
+            questions = cfg.comparisons_per_candidate * (candidates // 2)
+        if cfg.mode == "pairwise" and cfg.both_orders:
+            questions *= 2
+        return questions * (1 + cfg.retries)
 
     # -- pointwise -----------------------------------------------------------------------------
 

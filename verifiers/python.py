@@ -46,6 +46,7 @@ from pydantic import Field, field_validator
 from orchestrator.context import RunContext
 from orchestrator.errors import ConfigError
 from orchestrator.registry import verifiers
+from orchestrator.trust import privileged, tuning
 from orchestrator.types import Candidate, Problem, Score
 from verifiers.base import Verifier, VerifierConfig
 
@@ -55,12 +56,28 @@ ScoreFunction = Callable[[Problem, Candidate], Any]
 class PythonConfig(VerifierConfig):
     """``python`` options."""
 
-    function: str = Field(description="import path of fn(problem, candidate) -> float")
-    error_score: float = Field(
-        0.0, description="score of a candidate whose call failed or returned a non-number"
+    function: str = Field(
+        description="import path of fn(problem, candidate) -> float",
+        json_schema_extra=privileged("code", "imports and runs a function of the server"),
     )
-    timeout: float | None = Field(None, gt=0, description="seconds per call (None = no limit)")
-    max_concurrency: int = Field(8, ge=1, le=1024, description="calls running at once")
+    error_score: float = Field(
+        0.0,
+        description="score of a candidate whose call failed or returned a non-number",
+        json_schema_extra=tuning(),
+    )
+    timeout: float | None = Field(
+        None,
+        gt=0,
+        description="seconds per call (None = no limit)",
+        json_schema_extra=privileged("resources", "the time each call may take"),
+    )
+    max_concurrency: int = Field(
+        8,
+        ge=1,
+        le=1024,
+        description="calls running at once",
+        json_schema_extra=privileged("resources", "calls running at once"),
+    )
 
     @field_validator("function")
     @classmethod

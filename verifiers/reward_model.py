@@ -46,6 +46,7 @@ from orchestrator.backends._retry import RetryPolicy, call_with_retries
 from orchestrator.context import RunContext
 from orchestrator.errors import BackendProtocolError, ConfigError
 from orchestrator.registry import verifiers
+from orchestrator.trust import privileged, tuning
 from orchestrator.types import Candidate, Problem, Score, Usage
 from verifiers._http import fill, gather, is_number, placeholders, post_json, resolve, shape
 from verifiers.base import Verifier, VerifierConfig
@@ -63,24 +64,65 @@ _AGGREGATES: dict[str, Callable[[list[float]], float]] = {
 class RewardModelConfig(VerifierConfig):
     """``reward_model`` options (see the module docstring)."""
 
-    kind: Literal["vllm", "generic"] = "vllm"
-    base_url: str | None = Field(None, description="vllm: server root, e.g. http://host:8000")
-    model: str | None = Field(None, description="vllm: the served model name")
-    api_key_env: str | None = Field(None, description="environment variable with a bearer token")
-    process: bool = Field(False, description="score steps and aggregate (a PRM)")
-    step_delimiter: str = Field("\n\n", min_length=1)
-    aggregate: Aggregate = "last"
-    input_template: str = Field("{question}\n\n{answer}", description="vllm: the text input")
-    chat: bool = Field(False, description="vllm: send chat messages instead of text")
-    step_tag: str | None = Field(None, min_length=1, description="vllm PRM: the step tag token")
-    label_index: int = Field(-1, description="vllm: which label of a score row is the reward")
-    url: str | None = Field(None, description="generic: the endpoint URL")
-    request_template: Any = Field(None, description="generic: the JSON body with placeholders")
-    score_path: str | None = Field(None, min_length=1, description="generic: path to the score")
-    normalize: Literal["none", "sigmoid"] = "none"
-    timeout: float = Field(60.0, gt=0, description="seconds per attempt")
-    max_retries: int = Field(3, ge=0, le=20)
-    max_concurrency: int = Field(8, ge=1)
+    kind: Literal["vllm", "generic"] = Field("vllm", json_schema_extra=tuning())
+    base_url: str | None = Field(
+        None,
+        description="vllm: server root, e.g. http://host:8000",
+        json_schema_extra=privileged("network", "the server the verifier connects to"),
+    )
+    model: str | None = Field(
+        None,
+        description="vllm: the served model name",
+        json_schema_extra=privileged("model", "the reward model asked for"),
+    )
+    api_key_env: str | None = Field(
+        None,
+        description="environment variable with a bearer token",
+        json_schema_extra=privileged(
+            "environment", "sends the value of a server environment variable as a bearer token"
+        ),
+    )
+    process: bool = Field(
+        False, description="score steps and aggregate (a PRM)", json_schema_extra=tuning()
+    )
+    step_delimiter: str = Field("\n\n", min_length=1, json_schema_extra=tuning())
+    aggregate: Aggregate = Field("last", json_schema_extra=tuning())
+    input_template: str = Field(
+        "{question}\n\n{answer}", description="vllm: the text input", json_schema_extra=tuning()
+    )
+    chat: bool = Field(
+        False, description="vllm: send chat messages instead of text", json_schema_extra=tuning()
+    )
+    step_tag: str | None = Field(
+        None, min_length=1, description="vllm PRM: the step tag token", json_schema_extra=tuning()
+    )
+    label_index: int = Field(
+        -1, description="vllm: which label of a score row is the reward", json_schema_extra=tuning()
+    )
+    url: str | None = Field(
+        None,
+        description="generic: the endpoint URL",
+        json_schema_extra=privileged("network", "the URL the verifier posts to"),
+    )
+    request_template: Any = Field(
+        None, description="generic: the JSON body with placeholders", json_schema_extra=tuning()
+    )
+    score_path: str | None = Field(
+        None, min_length=1, description="generic: path to the score", json_schema_extra=tuning()
+    )
+    normalize: Literal["none", "sigmoid"] = Field("none", json_schema_extra=tuning())
+    timeout: float = Field(
+        60.0,
+        gt=0,
+        description="seconds per attempt",
+        json_schema_extra=privileged("resources", "seconds per attempt"),
+    )
+    max_retries: int = Field(
+        3, ge=0, le=20, json_schema_extra=privileged("resources", "retries per request")
+    )
+    max_concurrency: int = Field(
+        8, ge=1, json_schema_extra=privileged("resources", "requests in flight at once")
+    )
 
     @model_validator(mode="after")
     def _fields_of_kind(self) -> RewardModelConfig:

@@ -48,6 +48,7 @@ from orchestrator.backends.base import Capabilities, GenerationRequest
 from orchestrator.context import RunContext
 from orchestrator.errors import BackendError, BudgetExhausted, CapabilityError
 from orchestrator.registry import verifiers
+from orchestrator.trust import tuning
 from orchestrator.types import Candidate, Message, Problem, Score, TokenLogprob
 from verifiers.base import Verifier, VerifierConfig
 
@@ -71,23 +72,40 @@ class SelfEvalConfig(VerifierConfig):
     """``self_eval`` options."""
 
     backend: str | None = Field(
-        None, description="backend that runs the probe; None = the run's default backend"
+        None,
+        description="backend that runs the probe; None = the run's default backend",
+        json_schema_extra=tuning(),
     )
     mode: Mode = Field(
         "correctness",
         description="correctness: score P(Yes); capability: 'would you do better', score P(No)",
+        json_schema_extra=tuning(),
     )
     question: str | None = Field(
-        None, min_length=1, description="the Yes/No probe question; None = the mode's default"
+        None,
+        min_length=1,
+        description="the Yes/No probe question; None = the mode's default",
+        json_schema_extra=tuning(),
     )
-    top_logprobs: int = Field(20, ge=1, le=20, description="alternatives read at the probe token")
+    top_logprobs: int = Field(
+        20,
+        ge=1,
+        le=20,
+        description="alternatives read at the probe token",
+        json_schema_extra=tuning(),
+    )
     fallback_score: float = Field(
-        0.5, ge=0.0, le=1.0, description="score when neither Yes nor No is in the top k"
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="score when neither Yes nor No is in the top k",
+        json_schema_extra=tuning(),
     )
     prefix_continuation: bool = Field(
         True,
         description="continue the candidate's assistant message when the backend can "
         "(False: always ask in a new user turn)",
+        json_schema_extra=tuning(),
     )
 
     @property
@@ -139,6 +157,10 @@ class SelfEval(Verifier):
                 tg.create_task(self._score_one(problem, c, ctx, continued)) for c in candidates
             ]
         return [t.result() for t in tasks]
+
+    def max_samples(self, candidates: int) -> int:
+        """One one-token probe per candidate."""
+        return candidates
 
     def backend_needs(self) -> list[tuple[str | None, Capabilities]]:
         """The probe backend needs logprobs with ``top_logprobs`` alternatives."""

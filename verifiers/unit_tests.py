@@ -47,11 +47,17 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from orchestrator.context import RunContext
 from orchestrator.errors import ConfigError
 from orchestrator.registry import verifiers
+from orchestrator.trust import privileged, tuning
 from orchestrator.types import Candidate, Problem, Score
-from verifiers._sandbox import SandboxLimits, SandboxResult, run_sandboxed
+from verifiers._sandbox import SandboxLimits, SandboxResult, isolation_status, run_sandboxed
 from verifiers.base import Verifier, VerifierConfig
 
 _MESSAGE_CHARS = 300
+
+sandbox_isolation = isolation_status
+"""``(isolated, how or why not)``: whether client-supplied code (``tests``) run here is kept
+away from the service's files, processes and network (root, or bubblewrap); see
+``verifiers._sandbox``."""
 _FENCE = re.compile(
     r"^[ \t]*```[ \t]*([\w+.-]*)[^\n]*\n(.*?)(?:^[ \t]*```|\Z)", re.DOTALL | re.MULTILINE
 )
@@ -106,10 +112,20 @@ class UnitTestsConfig(VerifierConfig):
         None,
         description="assert statements or {input, output} pairs; "
         "None: take them from problem.metadata['tests']",
+        json_schema_extra=privileged("client_code", "runs the given tests as code in the sandbox"),
     )
-    language: Literal["python"] = "python"
-    limits: SandboxLimits = Field(default_factory=SandboxLimits)
-    concurrency: int = Field(2, ge=1, le=64, description="sandboxes running at once per call")
+    language: Literal["python"] = Field("python", json_schema_extra=tuning())
+    limits: SandboxLimits = Field(
+        default_factory=SandboxLimits,
+        json_schema_extra=privileged("resources", "the sandbox limits"),
+    )
+    concurrency: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="sandboxes running at once per call",
+        json_schema_extra=privileged("resources", "sandboxes running at once"),
+    )
 
     @field_validator("tests")
     @classmethod

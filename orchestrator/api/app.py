@@ -10,8 +10,14 @@ starts (uvicorn, or ``async with app.router.lifespan_context(app)`` in tests):
    checked against the default backend first: a misconfigured default stops the start;
 2. the RunStore and the KeyStore on ``settings.store_url`` (default: the store of
    ``orchestrator.store.db.default_url()``), migrated; runs left queued or running by a
-   previous process are marked failed ("interrupted");
-3. the RunManager.
+   previous process are marked failed ("interrupted") and their daily token reservations
+   released;
+3. the RunManager. With ``auth: required`` and no active key, the log says that every
+   protected request will get 401 and how to create a key.
+
+Request bodies above ``max_body_bytes`` answer 413 (``body_limit``). ``/docs`` and
+``/openapi.json`` follow the auth setting: with ``auth: required`` they need a key like the
+API itself.
 
 State: ``app.state.settings``, ``.metrics`` (ServiceMetrics, from the factory), ``.orch``,
 ``.run_store``, ``.key_store``, ``.runs`` and ``.started_at`` (epoch seconds).
@@ -28,10 +34,15 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Annotated
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 
 from orchestrator.api import native_routes, openai_routes
+from orchestrator.api.auth import NO_KEYS, require_key
+from orchestrator.api.body_limit import BodyLimitMiddleware
 from orchestrator.api.errors import install_error_handlers
 from orchestrator.api.prometheus import install_metrics
 from orchestrator.api.runs import RunManager
@@ -39,7 +50,7 @@ from orchestrator.api.settings import ServiceSettings
 from orchestrator.runner import Orchestrator
 from orchestrator.specs import resolve_spec
 from orchestrator.store.db import default_url, mask_url
-from orchestrator.store.keys import KeyStore
+from orchestrator.store.keys import ApiKey, KeyStore
 from orchestrator.store.run_store import RunStore
 
 log = logging.getLogger("orchestrator.api")
@@ -58,14 +69,31 @@ def create_app(
         summary="Test-time compute strategies behind an OpenAI-compatible and a native API",
         version="0.1.0",
         lifespan=_lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
     )
     app.state.settings = settings
     app.state.given_orchestrator = orchestrator
     install_error_handlers(app)  # before the metrics middleware, which must see the 500s
-    install_metrics(app)
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    install_metrics(app)  # the outermost middleware: it counts every answer, 413s included
     app.include_router(openai_routes.router)
     app.include_router(native_routes.router)
+    _install_docs(app)
     return app
+
+
+def _install_docs(app: FastAPI) -> None:
+    """``/openapi.json`` and ``/docs`` behind ``require_key`` (see the module docstring)."""
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi(key: Annotated[ApiKey | None, Depends(require_key)]) -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(key: Annotated[ApiKey | None, Depends(require_key)]) -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="ttc API")
 
 
 async def check_default_strategy(orch: Orchestrator, settings: ServiceSettings) -> None:
@@ -73,6 +101,16 @@ async def check_default_strategy(orch: Orchestrator, settings: ServiceSettings) 
     cannot be built or does not fit the default backend: a server misconfiguration must stop
     the start, not answer every request with an error."""
     await orch.check(resolve_spec(None, settings.default_strategy))
+
+
+async def _auth_line(settings: ServiceSettings, key_store: KeyStore) -> str:
+    """How requests are authenticated, for the start-up log (a warning when none can pass)."""
+    if settings.auth == "off":
+        return "OFF (auth: off): every request is served without a key"
+    if await key_store.any_active():
+        return "required"
+    log.warning("auth is required but no API key is active: %s", NO_KEYS)
+    return "required, but NO active API key: every request but /healthz and /readyz gets 401"
 
 
 @asynccontextmanager
@@ -97,10 +135,12 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         interrupted = await run_store.fail_interrupted(INTERRUPTED)
         if interrupted:
             log.warning("%d run(s) interrupted by the previous shutdown marked failed", interrupted)
+        await key_store.release_stale()
         runs = RunManager(orch, run_store, app.state.metrics, settings, key_store=key_store)
+        app.state.metrics.watch_backends(orch.built)
         app.state.orch, app.state.run_store, app.state.key_store = orch, run_store, key_store
         app.state.runs, app.state.started_at = runs, time.time()
-        auth = "on" if await key_store.any_active() else "OFF (no API keys configured)"
+        auth = await _auth_line(settings, key_store)
         log.info(
             "ttc service ready: backends %s (default %s), store %s, auth %s",
             ", ".join(orch.backends),

@@ -1,45 +1,46 @@
-"""API-key authentication and per-key limits of the ttc service.
+"""API-key authentication and per-key request rates of the ttc service.
 
-``require_key`` is the FastAPI dependency every router uses except ``/healthz`` and ``/readyz``:
+``require_key`` is the FastAPI dependency every route uses except ``/healthz`` and ``/readyz``:
 
-* Auth is on while the KeyStore (``app.state.key_store``) holds at least one active key; without
-  keys (or without a KeyStore) every request passes and ``require_key`` returns None.
-* With auth on, a request needs ``Authorization: Bearer <key>``. A missing header, another
+* ``settings.auth == "off"``: every request passes and ``require_key`` returns None (the
+  service refuses to start like that on a non-loopback interface without ``--insecure``).
+* ``settings.auth == "required"`` (the default) fails closed: a request needs
+  ``Authorization: Bearer <key>`` with an active key of the KeyStore. A missing header, another
   scheme, an unknown key or a revoked key gets 401 with the standard error body
   (``type="authentication_error"``, ``code`` ``missing_api_key`` or ``invalid_api_key``; unknown
   and revoked keys get the same answer, so nothing leaks) and ``WWW-Authenticate: Bearer``.
-* A key with ``daily_token_limit`` cannot start runs (every ``POST``: ``/v1/reason``,
-  ``/v1/runs``, ``/v1/chat/completions``) once ``KeyStore.tokens_today`` reached the limit: 429
-  ``code="daily_token_limit_exceeded"``, ``Retry-After`` = the time to the next UTC midnight.
-  Reads (GET, DELETE) stay allowed, so the results of runs already paid for can be fetched.
-  The RunManager adds each finished run's tokens with ``KeyStore.add_tokens``, so a run that
-  starts under the limit may end above it; the next run is refused.
+  With no active key at all (a fresh store, the last key revoked), every request gets 401
+  ``code="no_api_keys"`` saying how to create one; the service says so at start-up too.
 * A key with ``rpm_limit`` gets at most that many requests admitted in any sliding 60-second
   window, counted in this process (``AuthState``); the request over it gets 429
   (``code="rate_limit_exceeded"``) with ``Retry-After`` = seconds until the oldest request of the
-  window leaves it. Refused requests do not count.
-* "Is auth on" and successful key lookups are cached for ``AuthState.cache_seconds`` (default
-  5 s) per process, so a key created or revoked by ``ttc keys`` takes effect within that delay.
-  Failed lookups are never cached. A failing store raises ``StoreError`` (503): fail closed.
+  window leaves it. Refused requests do not count. Daily token limits are enforced when a run
+  is admitted (``orchestrator.api.admission``).
+* "Is any key active" and successful key lookups are cached for ``AuthState.cache_seconds``
+  (default 5 s) per process, so a key created or revoked by ``ttc keys`` takes effect within
+  that delay. Failed lookups are never cached. A failing store raises ``StoreError`` (503):
+  fail closed.
 
 The verified key is also left on ``request.state.api_key`` for handlers that need it.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections import deque
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from fastapi import Request
 from starlette.datastructures import State
 
+from orchestrator.api.admission import too_many
 from orchestrator.api.errors import APIError
 from orchestrator.store.keys import ApiKey, KeyStore, hash_key
 
+NO_KEYS = (
+    "this service requires an API key and none is active: the operator creates one with "
+    "`ttc keys create NAME` on the service's store (or sets `auth: off` on a loopback service)"
+)
 WINDOW_SECONDS = 60.0
 DEFAULT_CACHE_SECONDS = 5.0
 _MAX_CACHED_KEYS = 10_000
@@ -136,33 +137,20 @@ def _unauthorized(message: str, code: str) -> APIError:
     )
 
 
-def _too_many(message: str, code: str, retry_after: float, **headers: str) -> APIError:
-    seconds = max(1, math.ceil(retry_after))
-    return APIError(
-        429,
-        message,
-        type="rate_limit_error",
-        code=code,
-        headers={"Retry-After": str(seconds), **headers},
-    )
-
-
-def seconds_to_utc_midnight(now: datetime) -> float:
-    """Seconds from ``now`` (aware) to the next UTC midnight (when daily counters reset)."""
-    now = now.astimezone(UTC)
-    midnight = datetime(now.year, now.month, now.day, tzinfo=UTC) + timedelta(days=1)
-    return (midnight - now).total_seconds()
-
-
 async def require_key(request: Request) -> ApiKey | None:
     """FastAPI dependency: the caller's ApiKey, None when auth is off; raises APIError 401/429
     (see the module docstring)."""
+    settings = getattr(request.app.state, "settings", None)
+    if settings is not None and settings.auth == "off":
+        return None
     store: KeyStore | None = getattr(request.app.state, "key_store", None)
     if store is None:
-        return None
+        raise APIError(
+            503, "the service is not started yet", type="service_unavailable", code="not_started"
+        )
     state = auth_state(request.app.state)
     if not await state.enabled(store):
-        return None
+        raise _unauthorized(NO_KEYS, "no_api_keys")
     token = bearer_token(request.headers.get("authorization"))
     if token is None:
         raise _unauthorized(
@@ -171,19 +159,10 @@ async def require_key(request: Request) -> ApiKey | None:
     key = await state.verify(store, token)
     if key is None:
         raise _unauthorized("invalid or revoked API key", "invalid_api_key")
-    if key.daily_token_limit is not None and request.method == "POST":
-        spent = await store.tokens_today(key.id)
-        if spent >= key.daily_token_limit:
-            raise _too_many(
-                f"API key {key.name!r} spent its daily budget of {key.daily_token_limit} "
-                f"tokens ({spent} today); it resets at 00:00 UTC",
-                "daily_token_limit_exceeded",
-                seconds_to_utc_midnight(_store_now(store)),
-            )
     if key.rpm_limit is not None:
         wait = state.admit(key.id, key.rpm_limit)
         if wait is not None:
-            raise _too_many(
+            raise too_many(
                 f"API key {key.name!r} is over its limit of {key.rpm_limit} requests per minute",
                 "rate_limit_exceeded",
                 wait,
@@ -193,8 +172,17 @@ async def require_key(request: Request) -> ApiKey | None:
     return key
 
 
-def _store_now(store: Any) -> datetime:
-    """The KeyStore's clock (its day boundaries), else the wall clock."""
-    clock = getattr(store, "clock", None)
-    now = clock() if callable(clock) else datetime.now(UTC)
-    return now if now.tzinfo is not None else now.replace(tzinfo=UTC)
+async def may_see_details(request: Request) -> bool:
+    """Whether the caller may read service details (``/readyz``): auth is off, or the request
+    carries an active key. Never raises for a missing or bad key."""
+    settings = getattr(request.app.state, "settings", None)
+    if settings is not None and settings.auth == "off":
+        return True
+    store: KeyStore | None = getattr(request.app.state, "key_store", None)
+    token = bearer_token(request.headers.get("authorization"))
+    if store is None or token is None:
+        return False
+    try:
+        return await auth_state(request.app.state).verify(store, token) is not None
+    except Exception:
+        return False

@@ -17,17 +17,22 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.api.errors import APIError
+from orchestrator.api.policy import RequestPolicy, is_model_override, public_spec
 from orchestrator.api.protocol import (
     ChatCompletionRequest,
     ChatMessage,
+    FinishReason,
     ReasonRequest,
     TTCOptions,
 )
 from orchestrator.errors import RegistryError
+from orchestrator.runner import Orchestrator
 from orchestrator.specs import Catalog, apply_overrides, config_fields, resolve_spec
+from orchestrator.store.keys import ApiKey
 from orchestrator.store.run_store import RunRecord
 from orchestrator.types import Problem
 
@@ -108,10 +113,17 @@ def problem_from_messages(messages: Sequence[ChatMessage], answer_format: str | 
 
 
 def build_spec(
-    body: ChatCompletionRequest, strategy: str | None, default: Any, catalog: Catalog
+    body: ChatCompletionRequest,
+    strategy: str | None,
+    default: Any,
+    catalog: Catalog,
+    trust: ClientTrust | None = None,
 ) -> dict[str, Any]:
-    """The strategy spec of a chat request (precedence in the module docstring)."""
+    """The strategy spec of a chat request (precedence in the module docstring). With
+    ``trust``, what the client set is checked against the service's policy (403 / 400)."""
     ttc = body.ttc or TTCOptions()
+    if trust is not None and isinstance(ttc.strategy, Mapping):
+        trust.policy.check_spec(ttc.strategy, "ttc.strategy", trust.key)
     ref = ttc.strategy if ttc.strategy is not None else strategy
     try:
         spec = resolve_spec(ref, default, catalog=catalog)
@@ -128,6 +140,9 @@ def build_spec(
     spec, ignored = apply_overrides(spec, standard)
     for name in ignored:
         log.debug("strategy %s has no %r field: ignoring it", spec["strategy"], name)
+    if trust is not None:
+        trust.policy.check_overrides(spec["strategy"], ttc.model_extra or {}, "ttc", trust.key)
+        trust.policy.check_overrides(spec["strategy"], ttc.config, "ttc.config", trust.key)
     spec, unknown = apply_overrides(spec, ttc.model_extra or {})
     if unknown:
         options = ", ".join(sorted(TTCOptions.model_fields))
@@ -143,14 +158,25 @@ def build_spec(
     return spec
 
 
+@dataclass(frozen=True)
+class ClientTrust:
+    """Who sent a request (``key``, None with auth off) and the policy it is checked by."""
+
+    policy: RequestPolicy
+    key: ApiKey | None
+    orch: Orchestrator
+
+
 def build_requests(
     body: ChatCompletionRequest,
     backends: Mapping[str, Any],
     default: Any,
     max_n: int,
     catalog: Catalog,
+    trust: ClientTrust | None = None,
 ) -> tuple[dict[str, Any], list[ReasonRequest]]:
-    """The strategy spec and one ReasonRequest per choice."""
+    """The strategy spec and one ReasonRequest per choice; with ``trust``, the request is
+    checked against the service's policy first (messages, model override, spec fields)."""
     if body.model_extra:
         log.debug("ignoring unknown chat completion fields: %s", ", ".join(body.model_extra))
     if body.n > max_n:
@@ -161,7 +187,11 @@ def build_requests(
             code="invalid_value",
         )
     strategy, backend, model = parse_model(body.model, backends, catalog)
-    spec = build_spec(body, strategy, default, catalog)
+    if trust is not None:
+        trust.policy.check_messages(body.messages)
+        if is_model_override(trust.orch, backend, model):
+            trust.policy.check_model(trust.key, "model")
+    spec = build_spec(body, strategy, default, catalog, trust)
     ttc = body.ttc or TTCOptions()
     problem = problem_from_messages(body.messages, ttc.answer_format)
     reqs = [
@@ -182,14 +212,13 @@ def build_requests(
 # -- runs -> response --------------------------------------------------------------------------
 
 
-def choice_of(record: RunRecord) -> tuple[str, str]:
+def choice_of(record: RunRecord) -> tuple[str, FinishReason]:
     """(content, finish_reason) of a succeeded run."""
     result = record.result or {}
     cand = result.get("candidate")
     if cand is None:
         return "", "length" if result.get("budget_exhausted") else "stop"
-    finish = cand.get("finish_reason")
-    return cand.get("text", ""), finish if finish in ("stop", "length") else "stop"
+    return cand.get("text", ""), "length" if cand.get("finish_reason") == "length" else "stop"
 
 
 def usage_total(records: Sequence[RunRecord]) -> dict[str, int]:
@@ -227,7 +256,7 @@ def ttc_object(spec: Mapping[str, Any], records: Sequence[RunRecord]) -> dict[st
     first = {k: v for k, v in runs[0].items() if k not in ("run_id", "usage")}
     return {
         "strategy": spec["strategy"],
-        "spec": dict(spec),
+        "spec": public_spec(dict(spec)),
         **first,
         "budget_exhausted": any(r["budget_exhausted"] for r in runs),
         "run_ids": [r.id for r in records],

@@ -20,7 +20,12 @@ HTTPException (404 route, 405, ...)     its own not_found_error (404) or   not_f
 any other Exception                     500     internal_error             internal_error
 ======================================  ======  =========================  =====================
 
-A 500 carries a generic message and an error id; the traceback is logged server-side only.
+Messages follow ``orchestrator.api.hygiene``: no base URL, upstream body, database host or
+server path reaches a client; every 5xx answer quotes an error id under which the server log
+holds the details. Every error response carries ``x-should-retry`` (read by the OpenAI SDKs):
+``true`` only for what a retry can fix (a full queue, a rate limit, a service starting or
+shutting down, a store briefly unavailable; ``RETRYABLE_CODES``), ``false`` for the rest, so a
+client does not run a failed (maybe hour-long) run twice.
 A run that fails inside the RunManager is stored with an ``error`` dict of the same fields
 (``type``, ``code``, ``message``); :func:`status_for_error` gives the HTTP status to answer it.
 """
@@ -28,6 +33,7 @@ A run that fails inside the RunManager is stored with an ``error`` dict of the s
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -39,6 +45,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from orchestrator.api.hygiene import logged, public_backend_error, scrub
 from orchestrator.errors import (
     BackendError,
     BackendTimeout,
@@ -73,7 +80,9 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     for status, text in (
         (400, "bad request: unknown name, bad config, missing capability"),
         (401, "missing or invalid API key"),
+        (403, "a privileged config field this request may not set: names the field and grant"),
         (404, "unknown run or route"),
+        (413, "request body above the service's limit"),
         (422, "invalid body: names the field"),
         (429, "rate or token limit reached"),
         (500, "internal error (no details; logged server-side)"),
@@ -83,6 +92,19 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     )
 }
 """``responses=`` for routes, so the OpenAPI schema documents the error body of each status."""
+
+RETRYABLE_CODES = frozenset(
+    {
+        "queue_full",
+        "too_many_runs",
+        "rate_limit_exceeded",
+        "shutting_down",
+        "not_started",
+        "store_unavailable",
+        "not_ready",
+    }
+)
+"""Error codes a retry can fix (``x-should-retry: true``); every other error says false."""
 
 
 class APIError(Exception):
@@ -110,9 +132,15 @@ class APIError(Exception):
         """The response body."""
         return error_body(self.message, self.type, self.param, self.code)
 
+    @property
+    def should_retry(self) -> bool:
+        """Whether a retry of the same request can succeed (``RETRYABLE_CODES``)."""
+        return self.code in RETRYABLE_CODES
+
     def response(self) -> JSONResponse:
-        """The JSON response."""
-        return JSONResponse(self.body(), status_code=self.status, headers=self.headers or None)
+        """The JSON response, with ``x-should-retry``."""
+        headers = {**self.headers, "x-should-retry": "true" if self.should_retry else "false"}
+        return JSONResponse(self.body(), status_code=self.status, headers=headers)
 
 
 def error_body(
@@ -135,6 +163,7 @@ _STATUS_BY_CODE = {
 _STATUS_BY_TYPE = {
     "invalid_request_error": 400,
     "authentication_error": 401,
+    "permission_error": 403,
     "not_found_error": 404,
     "cancelled": 409,
     "rate_limit_error": 429,
@@ -178,7 +207,9 @@ def backend_error_code(exc_type: str) -> str:
 def error_dict(exc: BaseException) -> dict[str, Any]:
     """The stored error dict (``message``, ``type``, ``code``) for an exception of a run.
 
-    Anything that is not a ttc error gets a generic message (the caller logs the traceback).
+    Backend and store failures get a public message and an error id (the details are logged
+    under it, see ``hygiene``); anything that is not a ttc error gets a generic message and an
+    error id (its traceback logged).
     """
     if isinstance(exc, BackendError):
         code = "backend_error"
@@ -186,18 +217,31 @@ def error_dict(exc: BaseException) -> dict[str, Any]:
             code = "backend_timeout"
         elif isinstance(exc, BackendUnavailable):
             code = "backend_unavailable"
-        return {"message": str(exc), "type": "backend_error", "code": code}
+        error_id = logged("backend failure", exc, level=logging.WARNING)
+        message = f"{public_backend_error(exc)} (error id {error_id})"
+        return {"message": message, "type": "backend_error", "code": code}
     if isinstance(exc, CapabilityError):
-        return {"message": str(exc), "type": "invalid_request_error", "code": "missing_capability"}
+        return {"message": scrub(str(exc)), "type": "invalid_request_error",
+                "code": "missing_capability"}  # fmt: skip
     if isinstance(exc, RegistryError):
-        return {"message": str(exc), "type": "invalid_request_error", "code": "unknown_name"}
+        return {"message": scrub(str(exc)), "type": "invalid_request_error",
+                "code": "unknown_name"}  # fmt: skip
     if isinstance(exc, ConfigError):
-        return {"message": str(exc), "type": "invalid_request_error", "code": "invalid_config"}
+        return {"message": scrub(str(exc)), "type": "invalid_request_error",
+                "code": "invalid_config"}  # fmt: skip
     if isinstance(exc, StoreError):
-        return {"message": str(exc), "type": "store_error", "code": "store_unavailable"}
+        error_id = logged("store failure", exc)
+        message = f"the service's store is unavailable (error id {error_id})"
+        return {"message": message, "type": "store_error", "code": "store_unavailable"}
     if isinstance(exc, APIError):
         return {"message": exc.message, "type": exc.type, "code": exc.code}
-    return {"message": "internal error", "type": "internal_error", "code": "internal_error"}
+    error_id = uuid.uuid4().hex[:12]
+    log.error("error id %s: internal error", error_id, exc_info=exc)
+    message = f"internal error (error id {error_id}); the details are in the server log"
+    return {"message": message, "type": "internal_error", "code": "internal_error"}
+
+
+_CODE_PHRASES = {"backend_timeout": "timed out", "backend_unavailable": "unavailable"}
 
 
 def no_answer_error(result: Result) -> dict[str, Any] | None:
@@ -215,8 +259,13 @@ def no_answer_error(result: Result) -> dict[str, Any] | None:
     for span in _walk(result.trace or {}):
         if span.get("kind") == "backend" and span.get("error"):
             code = backend_error_code(str(span["error"]).split(":", 1)[0])
-    reason = result.details.get("error") or "every sample failed"
-    return {"message": f"no answer: {reason}", "type": "backend_error", "code": code}
+    reason = str(result.details.get("error") or "every sample failed")
+    error_id = logged("run without an answer", reason, level=logging.WARNING)
+    backends = sorted(set(re.findall(r"\[([^\]]+)\]", reason))) or ["backend"]
+    what = _CODE_PHRASES.get(code, "failed")
+    failed = ", ".join(f"[{b}] {what}" for b in backends)
+    message = f"no answer: every sample failed: {failed} (error id {error_id})"
+    return {"message": message, "type": "backend_error", "code": code}
 
 
 def _walk(span: dict[str, Any]) -> list[dict[str, Any]]:
@@ -241,27 +290,55 @@ def validation_error(exc: RequestValidationError) -> APIError:
     return APIError(422, "invalid request: " + "; ".join(problems), param=first_param, code=code)
 
 
-def _handle_exception(request: Request, exc: Exception) -> JSONResponse:
+def server_strings(state: Any) -> list[str]:
+    """Strings of the server's own setup that no client message may quote: the store URL and
+    the configuration paths."""
+    settings = getattr(state, "settings", None)
+    if settings is None:
+        return []
+    found = [settings.store_url or "", settings.backends_file or "", settings.strategy_dir or ""]
+    found.append(str(settings.catalog().directory))
+    store = getattr(state, "run_store", None)
+    found += [getattr(store, "url", ""), getattr(store, "masked_url", "")]
+    return [s for s in found if s]
+
+
+def _http_error(request: Request, exc: StarletteHTTPException) -> APIError:
+    code = "not_found" if exc.status_code == 404 else None
+    message = str(exc.detail)
+    kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+    if exc.status_code == 404 and message == "Not Found":
+        message = f"unknown route {request.method} {request.url.path}"
+    elif exc.status_code == 405:
+        code, message = "method_not_allowed", f"{request.method} is not allowed here"
+    elif exc.status_code == 413:
+        code = "body_too_large"
+    headers = getattr(exc, "headers", None)
+    return APIError(exc.status_code, message, type=kind, code=code, headers=headers)
+
+
+def public_error(request: Request, exc: Exception) -> APIError:
+    """The APIError a client gets for ``exc`` (see the module docstring)."""
     if isinstance(exc, APIError):
-        return exc.response()
-    if isinstance(exc, RequestValidationError):
-        return validation_error(exc).response()
-    if isinstance(exc, StarletteHTTPException):
-        code = "not_found" if exc.status_code == 404 else None
-        message = str(exc.detail)
-        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        if exc.status_code == 404 and message == "Not Found":
-            message = f"unknown route {request.method} {request.url.path}"
-        elif exc.status_code == 405:
-            code, message = "method_not_allowed", f"{request.method} is not allowed here"
-        headers = getattr(exc, "headers", None)
-        return APIError(exc.status_code, message, type=kind, code=code, headers=headers).response()
-    err = error_dict(exc)
-    if isinstance(exc, StoreError):
-        log.error("store failure on %s %s: %s", request.method, request.url.path, exc)
-    return APIError(
-        status_for_error(err), err["message"], type=err["type"], code=err["code"]
-    ).response()
+        error = exc
+    elif isinstance(exc, RequestValidationError):
+        error = validation_error(exc)
+    elif isinstance(exc, StarletteHTTPException):
+        error = _http_error(request, exc)
+    else:
+        err = error_dict(exc)
+        error = APIError(status_for_error(err), err["message"], type=err["type"],
+                         code=err["code"])  # fmt: skip
+    message = scrub(error.message, server_strings(request.app.state))
+    if error.status >= 500 and "error id" not in message:
+        error_id = logged(f"{request.method} {request.url.path} answered {error.status}", message)
+        message = f"{message} (error id {error_id})"
+    error.message = message
+    return error
+
+
+def _handle_exception(request: Request, exc: Exception) -> JSONResponse:
+    return public_error(request, exc).response()
 
 
 async def _handler(request: Request, exc: Exception) -> JSONResponse:

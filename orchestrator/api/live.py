@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from orchestrator.api.hygiene import scrub
 from orchestrator.api.protocol import EventType, ReasonRequest, RunEvent
 from orchestrator.runner import Orchestrator
 from orchestrator.store.run_store import RunRecord
@@ -82,7 +83,7 @@ class LiveRun:
         elif "answer" in span.attrs:
             data["answer"] = span.attrs["answer"]
         if span.error:
-            data["error"] = span.error
+            data["error"] = scrub(span.error)
         data["usage"] = self.usage_now()
         self.emit("progress", data)
 

@@ -18,33 +18,36 @@ Routes (all but ``/healthz`` and ``/readyz`` go through ``require_key``):
   A comment line is sent every ``run_views.HEARTBEAT_SECONDS`` while idle.
 * ``DELETE /v1/runs/{run_id}``: cancel; answers 200 with the run's final record. Idempotent:
   a run that already finished is returned unchanged (status tells what happened).
-* ``GET /v1/runs?limit=&status=``: newest first, records without their results (``limit``
-  counts before the per-key filter below).
+* ``GET /v1/runs?limit=&status=``: newest first, records without their results.
 * ``GET /v1/strategies`` and ``GET /v1/verifiers``: registered names, descriptions, config JSON
   schemas and needed backend capabilities; strategies also list the named configs of
   ``configs/strategies/`` (``kind: "config"``).
 * ``GET /healthz``: 200 ``{"status": "ok"}`` while the process serves requests.
 * ``GET /readyz``: 200 when the service started and every backend is ready (openai kind: the
   server answers ``GET /models`` within ``READY_TIMEOUT``; vllm kind: the engine is started and
-  healthy; in-process kinds: always) and the run store answers; else 503 with the per-check
-  detail and an ``error`` object.
+  healthy; in-process kinds: always) and the run store answers; else 503 with an ``error``
+  object. The probe is cached (``readyz_cache_seconds``); only a caller with a valid key (or
+  anyone with auth off) gets the per-check detail, others ``{"status"}`` alone.
 * ``GET /metrics``: the Prometheus exposition of ``app.state.metrics``; needs a key like the
   rest when keys are configured.
 
-With keys configured a run belongs to the key that created it: other keys get 404 for it and
-do not see it in lists. Runs created without a key are visible to every key.
+With ``auth: required`` a run belongs to the key that created it: other keys get 404 for it
+(read, events, cancel) and do not see it in lists; runs created while auth was off belong to
+no key and are visible to none. Requests are checked against the service's policy
+(``orchestrator.api.policy``) before a run is created: 403 for a privileged field, 400 above a
+cap, 429 when the queue or the key's limits are full.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from orchestrator.api.auth import require_key
+from orchestrator.api.auth import may_see_details, require_key
+from orchestrator.api.disconnect import CLIENT_GONE, ClientDisconnected, until_disconnect
 from orchestrator.api.errors import (
     ERROR_RESPONSES,
     APIError,
@@ -62,12 +65,7 @@ from orchestrator.api.run_views import (
     run_options,
     sse_stream,
 )
-from orchestrator.api.service_info import (
-    probe_backend,
-    probe_store,
-    strategy_infos,
-    verifier_infos,
-)
+from orchestrator.api.service_info import Readiness, strategy_infos, verifier_infos
 from orchestrator.store.keys import ApiKey
 from orchestrator.store.run_store import RunRecord, RunStatus
 
@@ -118,7 +116,9 @@ def _runs(request: Request) -> RunManager:
 
 
 def _visible(record: RunRecord | None, key: ApiKey | None) -> bool:
-    return record is not None and (key is None or record.key_id in (None, key.id))
+    """A key sees only its own runs (not those of other keys, nor those created while auth
+    was off); with auth off (no key) every run is visible."""
+    return record is not None and (key is None or record.key_id == key.id)
 
 
 async def _visible_record(request: Request, run_id: str, key: ApiKey | None) -> RunRecord:
@@ -131,16 +131,15 @@ async def _visible_record(request: Request, run_id: str, key: ApiKey | None) -> 
 # -- runs --------------------------------------------------------------------------------------
 
 
-async def _wait_for_disconnect(request: Request) -> None:
-    """Return when the client disconnects (the request body was already read)."""
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return
+def _checked(request: Request, body: ReasonRequest, key: ApiKey | None) -> RunManager:
+    """The RunManager, once ``body`` passed the service's policy (403 / 400 otherwise)."""
+    runs = _runs(request)
+    runs.policy.check_reason(body, key, request.app.state.orch)
+    return runs
 
 
 async def _submit(request: Request, body: ReasonRequest, key: ApiKey | None) -> JSONResponse:
-    run_id = await _runs(request).submit(body, key_id=key.id if key else None)
+    run_id = await _checked(request, body, key).submit(body, key=key)
     links = _links(run_id)
     return JSONResponse(
         {"run_id": run_id, "status": "queued", "links": links},
@@ -168,22 +167,11 @@ async def reason(
     """Run ``body`` and answer with the full Result; ``?async=true`` answers 202 at once."""
     if run_async:
         return await _submit(request, body, key)
-    runs = _runs(request)
-    task = asyncio.ensure_future(runs.run(body, key_id=key.id if key else None))
-    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+    runs = _checked(request, body, key)
     try:
-        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:  # also when this handler is cancelled: the run goes with it
-        watcher.cancel()
-        if not task.done():
-            task.cancel()
-    if task not in done:  # the client went away first: its run is being cancelled
-        await asyncio.wait({task})
-        if not task.cancelled():
-            task.exception()  # retrieved: nobody is left to answer
-        log.info("client disconnected; its run was cancelled")
-        return Response(status_code=499)
-    record = task.result()
+        record = await until_disconnect(request, runs.run(body, key=key))
+    except ClientDisconnected:
+        return Response(status_code=CLIENT_GONE)
     _raise_unless_succeeded(record, runs.closing)
     result = present_result(record.result, body.options)
     return {"run_id": record.id, "status": record.status, "result": result, "usage": record.usage}
@@ -213,8 +201,9 @@ async def list_runs(
         raise APIError(
             503, "the service is not started yet", type="service_unavailable", code="not_started"
         )
-    records = await store.list(limit=limit, status=status, include_result=False)
-    data = [present_record(r, with_result=False) for r in records if _visible(r, key)]
+    owners = None if key is None else {key.id}
+    records = await store.list(limit=limit, status=status, include_result=False, key_ids=owners)
+    data = [present_record(r, with_result=False) for r in records]
     return {"object": "list", "data": data}
 
 
@@ -282,43 +271,45 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", tags=["health"], summary="Readiness: backends and store reachable")
 async def readyz(request: Request) -> JSONResponse:
-    """200 when every backend and the store are ready; 503 with per-check detail otherwise."""
+    """200 when every backend and the store are ready, else 503 (from a cached probe). Only a
+    caller with a valid API key (or any caller with auth off) gets the per-check detail."""
     state = request.app.state
-    orch = getattr(state, "orch", None)
-    runs = getattr(state, "runs", None)
+    orch, runs = getattr(state, "orch", None), getattr(state, "runs", None)
     service = "ready"
     if orch is None or runs is None:
         service = "not started"
     elif getattr(runs, "closing", False):
         service = "shutting down"
     backends = dict(orch.backends) if orch is not None else {}
-    names = list(backends)
-    probes = await asyncio.gather(
-        *(probe_backend(backends[n], READY_TIMEOUT) for n in names),
-        probe_store(getattr(state, "run_store", None), READY_TIMEOUT),
-    )
-    checks = dict(zip(names, probes[:-1], strict=True))
-    store = probes[-1]
-    failing = [f"backend {n!r}: {c['detail']}" for n, c in checks.items() if not c["ready"]]
-    if not store["ready"]:
-        failing.append(f"store: {store['detail']}")
+    checks = await _readiness(state).checks(backends, getattr(state, "run_store", None))
+    failing = [f"backend {n!r}: {c['detail']}" for n, c in checks["backends"].items()
+               if not c["ready"]]  # fmt: skip
+    if not checks["store"]["ready"]:
+        failing.append(f"store: {checks['store']['detail']}")
     if service != "ready":
         failing.insert(0, f"service: {service}")
-    body: dict[str, Any] = {
-        "status": "ready" if not failing else "unavailable",
-        "service": service,
-        "backends": checks,
-        "store": store,
-    }
+    status = "ready" if not failing else "unavailable"
+    body: dict[str, Any] = {"status": status}
+    if await may_see_details(request):
+        body.update(service=service, **checks)
+        message = "not ready: " + "; ".join(failing)
+    else:
+        message = "not ready"
     if not failing:
         return JSONResponse(body)
-    body["error"] = {
-        "message": "not ready: " + "; ".join(failing),
-        "type": "service_unavailable",
-        "param": None,
-        "code": "not_ready",
-    }
-    return JSONResponse(body, status_code=503)
+    error = APIError(503, message, type="service_unavailable", code="not_ready")
+    return JSONResponse({**body, **error.body()}, status_code=503,
+                        headers={"x-should-retry": "true"})  # fmt: skip
+
+
+def _readiness(state: Any) -> Readiness:
+    readiness = getattr(state, "readiness", None)
+    if not isinstance(readiness, Readiness):
+        settings = getattr(state, "settings", None)
+        ttl = settings.readyz_cache_seconds if settings is not None else 5.0
+        readiness = Readiness(ttl, READY_TIMEOUT)
+        state.readiness = readiness
+    return readiness
 
 
 @router.get(

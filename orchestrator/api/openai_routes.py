@@ -26,7 +26,6 @@ If any of the ``n`` runs fails, the request fails with that run's error and stat
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -38,11 +37,23 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from orchestrator.api.auth import require_key
-from orchestrator.api.chat import build_requests, choice_of, parse_model, ttc_object, usage_total
+from orchestrator.api.chat import (
+    ClientTrust,
+    build_requests,
+    choice_of,
+    parse_model,
+    ttc_object,
+    usage_total,
+)
+from orchestrator.api.disconnect import CLIENT_GONE, ClientDisconnected, until_disconnect
 from orchestrator.api.errors import ERROR_RESPONSES, APIError, api_error_from
 from orchestrator.api.protocol import (
     ChatCompletion,
+    ChatCompletionChunk,
     ChatCompletionRequest,
+    ChunkChoice,
+    ChunkDelta,
+    FinishReason,
     ModelCard,
     ModelList,
     TTCOptions,
@@ -115,11 +126,6 @@ def _raise_failed(records: Sequence[RunRecord]) -> None:
             raise api_error_from(rec.error or {"message": f"run {rec.id} ended {rec.status}"})
 
 
-async def _wait_for_disconnect(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
 @router.post(
     "/v1/chat/completions",
     response_model=ChatCompletion,
@@ -130,17 +136,22 @@ async def chat_completions(request: Request, body: ChatCompletionRequest, key: K
     """A ``chat.completion`` (or its SSE stream) answered by ``n`` strategy runs."""
     orch, runs = _state(request)
     settings = request.app.state.settings
+    trust = ClientTrust(runs.policy, key, orch)
     spec, reqs = build_requests(
-        body, orch.backends, settings.default_strategy, settings.max_request_n, settings.catalog()
+        body,
+        orch.backends,
+        settings.default_strategy,
+        settings.max_request_n,
+        settings.catalog(),
+        trust,
     )
-    key_id = key.id if key is not None else None
     created = int(time.time())
     if body.stream:
         ids: list[str] = []
         follow: list[AsyncIterator[RunEvent]] = []
         try:
             for req in reqs:  # follow each run from its first event, before it can finish
-                ids.append(await runs.submit(req, key_id=key_id))
+                ids.append(await runs.submit(req, key=key))
                 follow.append(runs.events(ids[-1]))
         except BaseException:
             for run_id in ids:
@@ -148,19 +159,10 @@ async def chat_completions(request: Request, body: ChatCompletionRequest, key: K
             raise
         stream = _stream(runs, ids, follow, body, spec, created)
         return _RunStream(stream, lambda: [runs.request_cancel(i, DISCONNECTED) for i in ids])
-    task = asyncio.ensure_future(runs.run_many(reqs, key_id=key_id))
-    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-        if not task.done():  # the client went away, or this handler was cancelled
-            task.cancel()
-    if task.cancelled() or not task.done():
-        with contextlib.suppress(BaseException):
-            await task
-        return Response(status_code=499)
-    records = task.result()
+        records = await until_disconnect(request, runs.run_many(reqs, key=key))
+    except ClientDisconnected:
+        return Response(status_code=CLIENT_GONE)
     _raise_failed(records)
     choices = []
     for i, rec in enumerate(records):
@@ -214,15 +216,22 @@ async def _stream(
     created: int,
 ) -> AsyncIterator[str]:
     """The SSE body (see the module docstring)."""
-    head = {"id": f"chatcmpl-{ids[0]}", "object": "chat.completion.chunk", "created": created}
-    head.update(model=body.model, system_fingerprint=None)
     chunks = (body.ttc or TTCOptions()).progress == "chunks"
 
-    def chunk(choices: list[dict[str, Any]], **extra: Any) -> str:
-        return _sse({**head, "choices": choices, **extra})
+    def chunk(choices: list[ChunkChoice], **extra: Any) -> str:
+        model = ChatCompletionChunk(
+            id=f"chatcmpl-{ids[0]}",
+            object="chat.completion.chunk",
+            created=created,
+            model=body.model,
+            system_fingerprint=None,
+            choices=choices,
+            **extra,
+        )
+        return _sse(model.model_dump(mode="json", exclude_unset=True))
 
-    def delta(i: int, finish: str | None = None, **fields: Any) -> dict[str, Any]:
-        return {"index": i, "delta": fields, "finish_reason": finish, "logprobs": None}
+    def delta(i: int, finish: FinishReason | None = None, **fields: Any) -> ChunkChoice:
+        return ChunkChoice(index=i, delta=ChunkDelta(**fields), finish_reason=finish, logprobs=None)
 
     queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
 

@@ -19,6 +19,12 @@ series:
 ``ttc_errors_total{type}``                     error *responses* by their ``error.type``
                                                (failed background runs show in ``ttc_runs_total``
                                                with ``status="failed"``)
+``ttc_backend_faults_total{backend,kind}``     failed backend attempts by what the server did
+                                               (``rate_limited``, ``unavailable``,
+                                               ``server_error``, ``rejected``, ``timeout``,
+                                               ``connection``, ``invalid_response``,
+                                               ``short_n``), read from the backends' ``faults``
+                                               counters when scraped (``watch_backends``)
 =============================================  ==================================================
 
 ``MetricsMiddleware`` is a pure ASGI middleware (it does not buffer streaming bodies); it reads
@@ -32,12 +38,14 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from fastapi import FastAPI
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orchestrator.types import Result
@@ -83,6 +91,12 @@ class ServiceMetrics:
             ["strategy", "limit"], registry=r,
         )  # fmt: skip
         self.errors = Counter("ttc_errors", "Error responses by error type", ["type"], registry=r)
+        self._faults = _FaultCollector()
+        r.register(self._faults)
+
+    def watch_backends(self, built: Callable[[], Mapping[str, object]]) -> None:
+        """Export the ``faults`` counters of the backends ``built()`` returns when scraped."""
+        self._faults.sources.append(built)
 
     # -- observations -------------------------------------------------------------------------
 
@@ -121,6 +135,27 @@ class ServiceMetrics:
     def render(self) -> tuple[bytes, str]:
         """The Prometheus text exposition of the registry and its content type."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class _FaultCollector(Collector):
+    """``ttc_backend_faults_total`` from the watched backends' ``faults`` counters."""
+
+    def __init__(self) -> None:
+        self.sources: list[Callable[[], Mapping[str, object]]] = []
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "ttc_backend_faults", "Failed backend attempts by backend and fault kind",
+            labels=["backend", "kind"],
+        )  # fmt: skip
+        for source in self.sources:
+            for name, backend in source().items():
+                for kind, count in sorted((getattr(backend, "faults", None) or {}).items()):
+                    family.add_metric([name, kind], count)
+        yield family
+
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        return iter(())
 
 
 def _as_dict(result: Result | Mapping[str, Any]) -> Mapping[str, Any]:

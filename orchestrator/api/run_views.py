@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel
 
+from orchestrator.api.policy import public_spec
 from orchestrator.store.run_store import RunRecord
 
 if TYPE_CHECKING:
@@ -85,10 +86,19 @@ def run_options(record: RunRecord) -> Mapping[str, Any]:
     return options if isinstance(options, Mapping) else {}
 
 
+def present_request(request: Any) -> Any:
+    """A stored request as clients see it: the spec's privileged values redacted."""
+    if not isinstance(request, Mapping) or not isinstance(request.get("strategy"), Mapping):
+        return request
+    return {**request, "strategy": public_spec(request["strategy"])}
+
+
 def present_record(record: RunRecord, *, with_result: bool = True) -> dict[str, Any]:
-    """A RunRecord as JSON, its result presented per the run's own request options."""
+    """A RunRecord as JSON, its result presented per the run's own request options and its
+    request per ``present_request``."""
     data = record.model_dump(mode="json")
     data["result"] = present_result(record.result, run_options(record)) if with_result else None
+    data["request"] = present_request(data["request"])
     return data
 
 
@@ -101,6 +111,8 @@ def format_event(event: RunEvent, options: Mapping[str, Any]) -> str:
     data = payload.get("data")
     if isinstance(data, dict) and isinstance(data.get("result"), Mapping):
         payload["data"] = {**data, "result": present_result(data["result"], options)}
+    if isinstance(data, dict) and "request" in data:
+        payload["data"] = {**payload["data"], "request": present_request(data["request"])}
     text = json.dumps(payload, separators=(",", ":"))
     return f"id: {event.seq}\nevent: {event.type}\ndata: {text}\n\n"
 

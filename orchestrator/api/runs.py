@@ -1,11 +1,12 @@
-"""RunManager: the service's runs in flight, persisted in the RunStore, observable as events.
+"""RunManager: the service's runs in flight: the queue, their tasks, cancellation and shutdown.
 
 Lifecycle: ``submit`` validates the request (a bad strategy, config, backend or capability
 raises ConfigError / RegistryError / CapabilityError before anything is stored), stores the run
 ``queued`` and starts a task. The task waits for one of ``settings.max_concurrent_runs`` slots,
-marks the run ``running``, runs it with ``Orchestrator.run`` and stores the final status once:
-``succeeded`` (a candidate, or stopped by its budget); ``failed`` (no candidate because the
-backend failed: ``error.type`` ``backend_error``, ``code`` from the failed calls; or an
+marks the run ``running``, runs it with ``Orchestrator.run`` and hands the outcome to the
+RunRecorder (``orchestrator.api.run_recorder``: storage, metrics, billing, the final event)
+once: ``succeeded`` (a candidate, or stopped by its budget); ``failed`` (no candidate because
+the backend failed: ``error.type`` ``backend_error``, ``code`` from the failed calls; or an
 exception, see ``errors.error_dict``: internal errors are logged with the run id, stored with a
 generic message); ``cancelled`` (``cancel``, the client of ``run`` going away, or shutdown; the
 error says why, ``usage`` holds what the run spent).
@@ -13,9 +14,8 @@ error says why, ``usage`` holds what the run spent).
 Events (``RunEvent``, ``seq`` 0, 1, ... per run): ``status`` (queued, running), a ``progress``
 per closed trace span (span, kind, seconds, tokens, error, running ``usage``), then a final
 ``result`` (succeeded) or ``error`` event whose ``data`` is the final RunRecord as JSON. A live
-run's events are replayed, then followed; a finished run yields its final event only (real
-``seq`` while among the recent runs kept in memory, else ``FINAL_SEQ``). Finished runs are
-counted in the metrics and their tokens charged to the API key that created them.
+run's events are replayed, then followed; a finished run yields its final event only (see
+``RunRecorder.final_events``).
 """
 
 from __future__ import annotations
@@ -26,23 +26,21 @@ import copy
 import logging
 import time
 import uuid
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Sequence
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING
 
+from orchestrator.api.admission import Admission
 from orchestrator.api.errors import APIError, error_dict, no_answer_error, not_found
 from orchestrator.api.live import LiveRun, cancelled_error
-from orchestrator.api.protocol import (
-    ReasonRequest,
-    RunEvent,
-    final_event_type,
-)
+from orchestrator.api.policy import RequestPolicy
+from orchestrator.api.protocol import ReasonRequest, RunEvent
+from orchestrator.api.run_recorder import FINAL_SEQ, RECENT_RUNS, RunRecorder
 from orchestrator.errors import ConfigError
 from orchestrator.runner import Orchestrator
-from orchestrator.specs import resolve_spec, result_json
+from orchestrator.specs import resolve_spec
+from orchestrator.store.keys import ApiKey
 from orchestrator.store.run_store import RunRecord
-from orchestrator.types import Result, Usage
+from orchestrator.types import Result
 
 if TYPE_CHECKING:
     from orchestrator.api.prometheus import ServiceMetrics
@@ -50,12 +48,10 @@ if TYPE_CHECKING:
     from orchestrator.store.keys import KeyStore
     from orchestrator.store.run_store import RunStore
 
+__all__ = ["DISCONNECTED", "FINAL_SEQ", "RECENT_RUNS", "SHUTDOWN", "RunEvent", "RunManager"]
+
 log = logging.getLogger(__name__)
 
-FINAL_SEQ = 2**31 - 1
-"""``seq`` of the final event of a run no longer kept in memory (after every real seq)."""
-RECENT_RUNS = 128
-"""Finished runs kept in memory (final record and event) for fast reads and event replay."""
 MODEL_OVERRIDE_KINDS = frozenset({"openai", "fake"})
 """Backend kinds whose model can be switched per request (they send the model name)."""
 DISCONNECTED = "the client disconnected before the run finished"
@@ -63,14 +59,16 @@ SHUTDOWN = "the service shut down before the run finished"
 
 
 class RunManager:
-    """Submits, runs, cancels and follows runs (see the module docstring).
+    """Submits, runs, cancels and follows runs (see the module docstring); their status
+    changes are recorded by its ``recorder``.
 
     Args:
         orch: the Orchestrator (started by the caller).
         store: the RunStore (opened by the caller; must stay open until ``shutdown`` returns).
         metrics: ServiceMetrics, or None.
         settings: default strategy and budget, ``max_concurrent_runs``.
-        key_store: the KeyStore charged with each run's tokens (runs with a ``key_id``), or None.
+        key_store: the KeyStore charged with each run's tokens (runs with a ``key_id``) and
+            holding daily token reservations, or None.
     """
 
     def __init__(
@@ -84,11 +82,13 @@ class RunManager:
     ) -> None:
         self.orch = orch
         self.store = store
-        self.metrics = metrics
         self.settings = settings
-        self.key_store = key_store
+        self.recorder = RunRecorder(store, metrics, key_store)
+        self.policy = RequestPolicy(settings)
         self._live: dict[str, LiveRun] = {}
-        self._recent: OrderedDict[str, tuple[RunRecord, RunEvent]] = OrderedDict()
+        self.admission = Admission(
+            settings, key_store, lambda: [live.record.key_id for live in self._live.values()]
+        )
         self._slots = asyncio.Semaphore(settings.max_concurrent_runs)
         self._closing = False
 
@@ -104,34 +104,38 @@ class RunManager:
 
     # -- submitting and running ------------------------------------------------------------
 
-    async def submit(self, req: ReasonRequest, *, key_id: str | None = None) -> str:
-        """Validate, persist (queued) and start ``req``; returns the run id.
+    async def submit(
+        self, req: ReasonRequest, *, key: ApiKey | None = None, key_id: str | None = None
+    ) -> str:
+        """Validate, admit, persist (queued) and start ``req``; returns the run id. The run
+        belongs to ``key`` (or the key id ``key_id``), whose daily token limit it is charged to.
 
-        Raises ConfigError / RegistryError / CapabilityError (bad request), StoreError, or
-        APIError 503 while shutting down. The stored request carries the resolved strategy spec
-        and the effective budget.
+        Raises ConfigError / RegistryError / CapabilityError (bad request), APIError 400 above
+        a cap (``policy.check_tree``), APIError 429 when the queue, the key's concurrent runs
+        or its daily tokens are full (``orchestrator.api.admission``), StoreError, or APIError
+        503 while shutting down. The stored request carries the resolved strategy spec and the
+        effective budget.
         """
         self._refuse_if_closing()
-        spec = resolve_spec(
-            req.strategy, self.settings.default_strategy, catalog=self.settings.catalog()
-        )
-        orch = self._orch_for(req)
-        strat, _ = await orch.prepare(spec, req.backend)
-        try:
-            effective = req.model_copy(
-                update={"strategy": spec, "budget": req.budget or self.settings.default_budget}
+        owner = key.id if key is not None else key_id
+        with self.admission.hold(owner):
+            spec = resolve_spec(
+                req.strategy, self.settings.default_strategy, catalog=self.settings.catalog()
             )
+            orch = self._orch_for(req)
+            strat, _ = await orch.prepare(spec, req.backend)
             run_id = uuid.uuid4().hex
-            record = await self.store.create(run_id, effective.model_dump(mode="json"), key_id)
-            if self._closing:  # shutdown began while the run was being stored
-                await self.store.finish(run_id, "cancelled", error=cancelled_error(SHUTDOWN))
-                self._refuse_if_closing()
-        except BaseException:
-            await strat.aclose()
-            raise
-        live = LiveRun(record=record, request=effective, strategy=strat, orch=orch)
-        live.emit("status", {"status": "queued"})
-        self._live[run_id] = live
+            try:
+                self.policy.check_tree(strat)
+                budget = await self.admission.reserve(key, run_id, self.policy.budget(req.budget))
+                effective = req.model_copy(update={"strategy": spec, "budget": budget})
+                record = await self._create(run_id, effective, owner, key)
+            except BaseException:
+                await strat.aclose()
+                raise
+            live = LiveRun(record=record, request=effective, strategy=strat, orch=orch)
+            live.emit("status", {"status": "queued"})
+            self._live[run_id] = live
         live.task = asyncio.create_task(self._execute(live), name=f"ttc-run-{run_id}")
         try:
             await asyncio.sleep(0)  # the task enters _execute's try, so a cancel is recorded
@@ -140,35 +144,59 @@ class RunManager:
             raise
         return run_id
 
+    async def _create(
+        self, run_id: str, effective: ReasonRequest, owner: str | None, key: ApiKey | None
+    ) -> RunRecord:
+        """Store the run queued (its reservation given back if that fails or shutdown began)."""
+        try:
+            record = await self.store.create(run_id, effective.model_dump(mode="json"), owner)
+            if self._closing:  # shutdown began while the run was being stored
+                await self.store.finish(run_id, "cancelled", error=cancelled_error(SHUTDOWN))
+                self._refuse_if_closing()
+        except BaseException:
+            await self.admission.release(key, run_id)
+            raise
+        return record
+
     def _refuse_if_closing(self) -> None:
         if self._closing:
             raise APIError(503, "the service is shutting down", type="service_unavailable",
                            code="shutting_down")  # fmt: skip
 
     async def submit_many(
-        self, reqs: Sequence[ReasonRequest], *, key_id: str | None = None
+        self,
+        reqs: Sequence[ReasonRequest],
+        *,
+        key: ApiKey | None = None,
+        key_id: str | None = None,
     ) -> list[str]:
         """``submit`` each request; if one fails (or the caller is cancelled), the runs already
         started are cancelled and the error propagates."""
         ids: list[str] = []
         try:
             for req in reqs:
-                ids.append(await self.submit(req, key_id=key_id))
+                ids.append(await self.submit(req, key=key, key_id=key_id))
         except BaseException as exc:
             self._cancel_all(ids, exc)
             raise
         return ids
 
-    async def run(self, req: ReasonRequest, *, key_id: str | None = None) -> RunRecord:
+    async def run(
+        self, req: ReasonRequest, *, key: ApiKey | None = None, key_id: str | None = None
+    ) -> RunRecord:
         """``submit`` and wait for the final record; cancelling the caller cancels the run."""
-        return (await self.run_many([req], key_id=key_id))[0]
+        return (await self.run_many([req], key=key, key_id=key_id))[0]
 
     async def run_many(
-        self, reqs: Sequence[ReasonRequest], *, key_id: str | None = None
+        self,
+        reqs: Sequence[ReasonRequest],
+        *,
+        key: ApiKey | None = None,
+        key_id: str | None = None,
     ) -> list[RunRecord]:
         """Submit every request, then wait for all final records (in order). If a submit fails
         or the caller is cancelled, every run already started is cancelled."""
-        ids = await self.submit_many(reqs, key_id=key_id)
+        ids = await self.submit_many(reqs, key=key, key_id=key_id)
         try:
             return [await self.wait(run_id) for run_id in ids]
         except BaseException as exc:
@@ -202,11 +230,7 @@ class RunManager:
         cancelled = False
         try:
             async with self._slots:
-                live.record = live.record.model_copy(
-                    update={"status": "running", "started_at": datetime.now(UTC)}
-                )
-                await self._quietly(self.store.mark_running(live.id), live.id, "mark running")
-                live.emit("status", {"status": "running"})
+                await self.recorder.mark_running(live)
                 req = live.request
                 result = await live.orch.run(
                     req.as_problem(),
@@ -229,62 +253,12 @@ class RunManager:
             else:
                 log.info("run %s failed: %s", live.id, exc)
         live.finalizing = True
-        await self._finalize(live, status, result, error)
-        if cancelled:
-            raise asyncio.CancelledError
-
-    async def _finalize(
-        self, live: LiveRun, status: str, result: Result | None, error: dict[str, Any] | None
-    ) -> None:
-        """Store the final status once, count it, charge the key, emit the final event."""
-        try:
-            await live.strategy.aclose()
-        except Exception:
-            log.exception("closing the strategy of run %s failed", live.id)
-        keep = bool(live.request.options.get("include_logprobs", False))
-        usage = result.usage if result is not None else Usage.model_validate(live.usage_now())
-        data = None
-        if result is not None:
-            try:
-                data = result_json(result.model_copy(update={"run_id": live.id}), keep)
-            except Exception:  # e.g. a plugin put a value that is not JSON in the trace
-                log.exception("the result of run %s cannot be stored as JSON", live.id)
-                status, error = "failed", error_dict(RuntimeError())
-        usage_json = usage.model_dump(mode="json")
-        await self._quietly(
-            self.store.finish(live.id, status, result=data, usage=usage_json, error=error),
-            live.id,
-            "store the final status of",
-        )
-        now = datetime.now(UTC)
-        update = {"status": status, "finished_at": now, "result": data, "usage": usage_json}
-        record = live.record.model_copy(update={**update, "error": error})
-        live.record = record
-        if self.metrics is not None:
-            try:
-                seconds = time.perf_counter() - live.t0
-                self.metrics.observe_run(live.strategy.name, status, seconds, result)
-            except Exception:
-                log.exception("metrics failed for run %s", live.id)
-        key_id = record.key_id
-        if self.key_store is not None and key_id and usage.total_tokens:
-            await self._quietly(
-                self.key_store.add_tokens(key_id, usage.total_tokens), live.id, "charge tokens of"
-            )
-        event = live.emit(final_event_type(status), record.model_dump(mode="json"))
-        self._recent[live.id] = (record, event)
-        while len(self._recent) > RECENT_RUNS:
-            self._recent.popitem(last=False)
+        await self.recorder.finish(live, status, result, error)
+        self.admission.observe(time.perf_counter() - live.t0)
         self._live.pop(live.id, None)
         live.done.set()
-
-    @staticmethod
-    async def _quietly(op: Awaitable[object], run_id: str, what: str) -> None:
-        """Await a store write; a failure is logged, never fatal to the run."""
-        try:
-            await op
-        except Exception as exc:
-            log.error("could not %s run %s: %s", what, run_id, exc)
+        if cancelled:
+            raise asyncio.CancelledError
 
     # -- reading, waiting, cancelling ------------------------------------------------------
 
@@ -293,10 +267,7 @@ class RunManager:
         live = self._live.get(run_id)
         if live is not None:
             return live.snapshot()
-        if run_id in self._recent:
-            return self._recent[run_id][0]
-        record: RunRecord | None = await self.store.get(run_id)
-        return record
+        return await self.recorder.get(run_id)
 
     async def wait(self, run_id: str, timeout: float | None = None) -> RunRecord:
         """The final record, or the current one after ``timeout`` seconds. Waiting (and being
@@ -338,21 +309,7 @@ class RunManager:
         unknown run. A run live at the call is replayed from its first event even if it
         finishes before the iteration starts."""
         live = self._live.get(run_id)
-        return live.follow() if live is not None else self._final(run_id)
-
-    async def _final(self, run_id: str) -> AsyncIterator[RunEvent]:
-        if run_id in self._recent:
-            yield self._recent[run_id][1]
-            return
-        record = await self.store.get(run_id)
-        if record is None:
-            raise not_found("run", run_id)
-        if record.finished:
-            kind, seq = final_event_type(record.status), FINAL_SEQ
-            data = record.model_dump(mode="json")
-        else:  # owned by another process sharing the store: its status only
-            kind, seq, data = "status", 0, {"status": record.status}
-        yield RunEvent(run_id=run_id, seq=seq, type=kind, data=data)
+        return live.follow() if live is not None else self.recorder.final_events(run_id)
 
     # -- shutdown --------------------------------------------------------------------------
 

@@ -21,6 +21,10 @@ raise (except ``CancelledError``) and give up after ``timeout`` seconds:
   when vLLM offers ``check_health``, healthy.
 * Any other kind (``fake``, in-process plugins): ready.
 * The run store: a one-row listing answers.
+
+Details never name a base URL or quote an upstream body (``hygiene.scrub``). :class:`Readiness`
+caches one probe of everything for ``settings.readyz_cache_seconds`` (concurrent callers share
+a probe in flight), so ``/readyz`` cannot be used to make the service hammer its backends.
 """
 
 from __future__ import annotations
@@ -28,10 +32,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import openai
 
+from orchestrator.api.hygiene import logged, scrub
+from orchestrator.api.policy import public_spec
 from orchestrator.backends.base import Backend, Capabilities
 from orchestrator.registry import strategies, verifiers
 from orchestrator.specs import Catalog
@@ -84,9 +92,10 @@ async def strategy_infos(catalog: Catalog) -> list[dict[str, Any]]:
         if name in strategies:
             continue
         try:
-            spec = catalog.load(name)
-            base = strategies.get(str(spec.get("strategy")))
-            requires = await tree_needs(spec)
+            full = catalog.load(name)
+            base = strategies.get(str(full.get("strategy")))
+            requires = await tree_needs(full)
+            spec = public_spec(full)
         except Exception as exc:  # a broken config file must not break the listing
             log.warning("skipping named strategy config %s: %s", catalog.path(name), exc)
             continue
@@ -137,7 +146,7 @@ async def _ping_openai(backend: Backend, timeout: float) -> str:
         raise NotReady(f"GET /models timed out after {timeout}s") from exc
     except openai.APIConnectionError as exc:
         cause = exc.__cause__ or exc
-        raise NotReady(f"cannot reach {getattr(backend, 'base_url', '?')}: {cause}") from exc
+        raise NotReady(f"cannot reach the server ({type(cause).__name__})") from exc
     return "reachable"
 
 
@@ -178,7 +187,7 @@ async def probe_backend(backend: Backend, timeout: float) -> dict[str, Any]:
     except TimeoutError:
         return {"ready": False, "kind": kind, "detail": f"no answer within {timeout}s"}
     except Exception as exc:
-        return {"ready": False, "kind": kind, "detail": str(exc) or type(exc).__name__}
+        return {"ready": False, "kind": kind, "detail": scrub(str(exc)) or type(exc).__name__}
     return {"ready": True, "kind": kind, "detail": detail}
 
 
@@ -192,5 +201,38 @@ async def probe_store(store: Any, timeout: float) -> dict[str, Any]:
     except TimeoutError:
         return {"ready": False, "kind": "store", "detail": f"no answer within {timeout}s"}
     except Exception as exc:
-        return {"ready": False, "kind": "store", "detail": str(exc) or type(exc).__name__}
+        error_id = logged("readiness probe of the store", exc)
+        return {"ready": False, "kind": "store", "detail": f"failing (error id {error_id})"}
     return {"ready": True, "kind": "store", "detail": "answering"}
+
+
+class Readiness:
+    """One cached probe of every backend and the store (see the module docstring).
+
+    Args:
+        ttl: seconds a probe result is reused.
+        timeout: seconds each probe may take.
+        clock: monotonic seconds (tests inject one).
+    """
+
+    def __init__(
+        self, ttl: float, timeout: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.ttl, self.timeout, self.clock = ttl, timeout, clock
+        self._cached: tuple[float, dict[str, Any]] | None = None
+        self._lock = asyncio.Lock()
+
+    async def checks(self, backends: Mapping[str, Backend], store: Any) -> dict[str, Any]:
+        """``{"backends": {name: probe}, "store": probe}``, at most ``ttl`` seconds old."""
+        async with self._lock:
+            now = self.clock()
+            if self._cached is not None and now < self._cached[0]:
+                return self._cached[1]
+            names = list(backends)
+            probes = await asyncio.gather(
+                *(probe_backend(backends[n], self.timeout) for n in names),
+                probe_store(store, self.timeout),
+            )
+            checks = {"backends": dict(zip(names, probes[:-1], strict=True)), "store": probes[-1]}
+            self._cached = (self.clock() + self.ttl, checks)
+            return checks

@@ -10,10 +10,16 @@ Example file::
 
     host: 0.0.0.0
     port: 8080
+    auth: required                 # or off (refused off loopback without --insecure)
     backends_file: configs/backends.yaml
     default_strategy: {strategy: self_consistency, n: 8}
-    default_budget: {max_completion_tokens: 8192}
+    default_budget: {max_completion_tokens: 8192, max_prompt_tokens: 32768}
+    max_budget: {max_completion_tokens: 65536, max_prompt_tokens: 262144, max_seconds: 600}
+    allow: [verifier.unit_tests.tests]   # privileged fields every client may set
     store_url: postgresql://ttc@db/ttc
+
+The caps (``max_*``, ``resource_caps``) bound what one client request can make the service do;
+``docs``: README, "The service's trust boundary".
 """
 
 from __future__ import annotations
@@ -21,15 +27,40 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from orchestrator.budget import Budget
 from orchestrator.config import load_yaml, validate_config
 from orchestrator.errors import ConfigError
 from orchestrator.specs import Catalog
+from orchestrator.trust import check_grant
+
+MiB = 1 << 20
+DEFAULT_BUDGET = Budget(
+    max_completion_tokens=16384, max_prompt_tokens=65536, max_calls=256, max_seconds=300
+)
+MAX_BUDGET = Budget(
+    max_completion_tokens=131072, max_prompt_tokens=524288, max_calls=2048, max_seconds=1800
+)
+RESOURCE_CAPS: dict[str, float] = {
+    "wall_seconds": 30,
+    "cpu_seconds": 30,
+    "memory_bytes": 1024 * MiB,
+    "max_processes": 16,
+    "file_size_bytes": 64 * MiB,
+    "disk_bytes": 256 * MiB,
+    "output_bytes": 1 * MiB,
+    "concurrency": 8,
+    "max_concurrency": 16,
+    "timeout": 120,
+    "max_retries": 5,
+}
+"""The default ``resource_caps``: the largest value a client may give a resource field (by the
+field's name), even where the operator granted it."""
+
 
 ENV_PREFIX = "TTC_SERVICE__"
 CONFIG_ENV = "TTC_SERVICE_CONFIG"
@@ -42,6 +73,11 @@ class ServiceSettings(BaseModel):
 
     host: str = Field("127.0.0.1", description="interface to bind (loopback by default)")
     port: int = Field(8000, ge=0, le=65535)
+    auth: Literal["required", "off"] = Field(
+        "required",
+        description="required: every request but /healthz and /readyz needs an active API "
+        "key (none configured: 401); off: no keys (refused off loopback without --insecure)",
+    )
     backends_file: str | None = Field(
         None, description="backends file (None: $TTC_BACKENDS_FILE or configs/backends.yaml)"
     )
@@ -64,8 +100,53 @@ class ServiceSettings(BaseModel):
     max_concurrent_runs: int = Field(
         64, ge=1, description="runs executing at once; more wait in status 'queued'"
     )
-    default_budget: Budget | None = Field(None, description="per-run budget when none is given")
+    default_budget: Budget | None = Field(
+        DEFAULT_BUDGET, description="per-run budget when the request gives none"
+    )
+    max_budget: Budget | None = Field(
+        MAX_BUDGET, description="each limit of a run's budget is at most this (None: no cap)"
+    )
     max_request_n: int = Field(16, ge=1, le=128, description="largest OpenAI `n` accepted")
+    max_samples_per_run: int = Field(
+        256, ge=1, description="model samples one run may draw across nesting, from its spec"
+    )
+    max_depth: int = Field(3, ge=1, le=16, description="strategy nesting levels (inner specs)")
+    max_body_bytes: int = Field(MiB, ge=1024, description="request body size (413 above)")
+    max_messages: int = Field(64, ge=1, description="messages of one chat request")
+    max_chars: int = Field(
+        100_000, ge=1, description="characters of a request's question, messages and system prompt"
+    )
+    max_runs_per_key: int = Field(
+        8, ge=1, description="runs of one API key queued or running at once (429 above)"
+    )
+    max_queued_runs: int = Field(
+        256, ge=0, description="runs waiting for a slot; more answer 429 with Retry-After"
+    )
+    resource_caps: dict[str, float] = Field(
+        default_factory=lambda: dict(RESOURCE_CAPS),
+        description="largest value of a (granted) resource field, by field name",
+    )
+    allow: list[str] = Field(
+        default_factory=list,
+        description="privileges or single fields (strategy|verifier.<name>.<field>) every "
+        "client may set; per-key grants: `ttc keys create --scope`",
+    )
+    readyz_cache_seconds: float = Field(
+        5.0, ge=0, description="how long a /readyz probe result is reused"
+    )
+
+    @field_validator("auth", mode="before")
+    @classmethod
+    def _yaml_booleans(cls, value: Any) -> Any:
+        """YAML reads a bare ``off`` (and ``on``) as a boolean: accept them as written."""
+        if isinstance(value, bool):
+            return "required" if value else "off"
+        return value
+
+    @field_validator("allow")
+    @classmethod
+    def _known_grants(cls, value: list[str]) -> list[str]:
+        return [check_grant(g) for g in value]
 
     def catalog(self) -> Catalog:
         """The named strategy configs this service offers."""

@@ -1,8 +1,12 @@
 """Retries for HTTP backends: classify failures, wait (``orchestrator.retry``), give up.
 
 The rule: 429, 5xx, timeouts, connection errors and malformed responses are retried; any other
-4xx is not. When the retries run out, or on a non-retryable failure, the last failure is raised
-as the matching ``BackendError`` subclass, chained (``raise ... from``) to the transport error.
+4xx is not. Every failed attempt is also reported by its fault kind (``FaultKind``:
+``rate_limited``, ``unavailable`` (503), ``server_error`` (other 5xx), ``rejected`` (other
+4xx), ``timeout``, ``connection``, ``invalid_response``) to an optional ``on_fault`` callback,
+which backends use to count what their server did. When the retries run out, or on a
+non-retryable failure, the last failure is raised as the matching ``BackendError`` subclass,
+chained (``raise ... from``) to the transport error.
 ``asyncio.CancelledError`` is never caught here.
 """
 
@@ -31,6 +35,10 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 FailureKind = Literal["timeout", "unavailable", "protocol", "request"]
+FaultKind = Literal[
+    "rate_limited", "unavailable", "server_error", "rejected", "timeout", "connection",
+    "invalid_response", "short_n",
+]  # fmt: skip
 _ERRORS: dict[FailureKind, type[BackendError]] = {
     "timeout": BackendTimeout,
     "unavailable": BackendUnavailable,
@@ -52,12 +60,22 @@ class Failure:
         message: what went wrong, with the server's own message when it sent one.
         status: the HTTP status, when there was a response.
         retry_after: seconds the server asked us to wait (``Retry-After``), if any.
+        fault: what the server did, in the words of the fault metrics.
     """
 
     kind: FailureKind
     message: str
     status: int | None = None
     retry_after: float | None = None
+    fault: FaultKind = "server_error"
+
+
+def _status_fault(status: int) -> FaultKind:
+    if status == 429:
+        return "rate_limited"
+    if status == 503:
+        return "unavailable"
+    return "server_error" if status >= 500 else "rejected"
 
 
 def server_message(exc: openai.APIStatusError) -> str:
@@ -78,19 +96,22 @@ def server_message(exc: openai.APIStatusError) -> str:
 def classify(exc: BaseException) -> Failure | None:
     """Classify a transport or parse exception; None for anything else (re-raise it as is)."""
     if isinstance(exc, TimeoutError | openai.APITimeoutError):
-        return Failure("timeout", "request timed out")
+        return Failure("timeout", "request timed out", fault="timeout")
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
         kind: FailureKind = "unavailable" if status == 429 or status >= 500 else "request"
         retry_after = retry_after_from_headers(exc.response.headers)
-        return Failure(kind, f"HTTP {status}: {server_message(exc)}", status, retry_after)
+        message = f"HTTP {status}: {server_message(exc)}"
+        return Failure(kind, message, status, retry_after, fault=_status_fault(status))
     if isinstance(exc, openai.APIConnectionError):
         cause = exc.__cause__ or exc
-        return Failure("unavailable", f"connection error: {type(cause).__name__}: {cause}")
+        message = f"connection error: {type(cause).__name__}: {cause}"
+        return Failure("unavailable", message, fault="connection")
     if isinstance(exc, openai.APIResponseValidationError):
-        return Failure("protocol", f"invalid response: {exc.message}", exc.status_code)
+        message = f"invalid response: {exc.message}"
+        return Failure("protocol", message, exc.status_code, fault="invalid_response")
     if isinstance(exc, MalformedResponse | json.JSONDecodeError | pydantic.ValidationError):
-        return Failure("protocol", f"unparseable response: {exc}")
+        return Failure("protocol", f"unparseable response: {exc}", fault="invalid_response")
     return None
 
 
@@ -101,6 +122,7 @@ async def call_with_retries(
     backend: str,
     context: str,
     timeout: float | None = None,
+    on_fault: Callable[[FaultKind], None] | None = None,
 ) -> T:
     """Await ``attempt()`` until it succeeds, retrying per ``policy``.
 
@@ -110,6 +132,7 @@ async def call_with_retries(
         backend: the backend's name, for the raised error.
         context: what was attempted (endpoint, URL, model), prefixed to error messages.
         timeout: the per-attempt timeout in seconds, named in timeout messages.
+        on_fault: called with the fault kind of every failed attempt.
 
     Returns:
         The first successful result.
@@ -126,6 +149,8 @@ async def call_with_retries(
             failure = classify(exc)
             if failure is None:
                 raise
+            if on_fault is not None:
+                on_fault(failure.fault)
             if failure.kind == "timeout" and timeout is not None:
                 failure = Failure("timeout", f"no response within {timeout:g} s (timed out)")
             attempts = retry + 1

@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from orchestrator.backends.base import Capabilities, Pricing
 from orchestrator.config import load_yaml, validate_config
 from orchestrator.errors import ConfigError
+from orchestrator.trust import privileged, tuning
 
 DEFAULT_BACKENDS: dict[str, Any] = {"default": "local", "backends": {"local": {"kind": "embedded"}}}
 
@@ -42,18 +43,54 @@ class BackendConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: str = Field(description="openai | vllm | embedded | fake, or a plugin's kind")
-    model: str | None = Field(None, description="model name (openai) or path / id (vllm)")
-    base_url: str | None = Field(None, description="OpenAI-compatible base URL, e.g. .../v1")
-    api_key_env: str | None = Field(None, description="environment variable with the API key")
-    server: Literal["auto", "vllm", "openai", "generic"] = "auto"
-    max_concurrency: int = Field(16, ge=1, le=4096)
-    requests_per_second: float | None = Field(None, gt=0)
-    timeout: float = Field(120.0, gt=0)
-    max_retries: int = Field(4, ge=0, le=20)
-    pricing: Pricing = Field(default_factory=Pricing)
-    capabilities: Capabilities | None = Field(None, description="override detected capabilities")
-    options: dict[str, Any] = Field(default_factory=dict, description="kind-specific options")
+    kind: str = Field(
+        description="openai | vllm | embedded | fake, or a plugin's kind",
+        json_schema_extra=privileged(
+            "code", "picks the implementation (a plugin kind loads its code)"
+        ),
+    )
+    model: str | None = Field(
+        None,
+        description="model name (openai) or path / id (vllm)",
+        json_schema_extra=privileged("model", "the model served"),
+    )
+    base_url: str | None = Field(
+        None,
+        description="OpenAI-compatible base URL, e.g. .../v1",
+        json_schema_extra=privileged("network", "the server connected to"),
+    )
+    api_key_env: str | None = Field(
+        None,
+        description="environment variable with the API key",
+        json_schema_extra=privileged("environment", "reads a server environment variable"),
+    )
+    server: Literal["auto", "vllm", "openai", "generic"] = Field("auto", json_schema_extra=tuning())
+    max_concurrency: int = Field(
+        16, ge=1, le=4096, json_schema_extra=privileged("resources", "requests in flight")
+    )
+    requests_per_second: float | None = Field(
+        None, gt=0, json_schema_extra=privileged("resources", "request rate")
+    )
+    timeout: float = Field(
+        120.0, gt=0, json_schema_extra=privileged("resources", "seconds per attempt")
+    )
+    max_retries: int = Field(
+        4, ge=0, le=20, json_schema_extra=privileged("resources", "retries per request")
+    )
+    pricing: Pricing = Field(
+        default_factory=Pricing,
+        json_schema_extra=privileged("resources", "the prices budgets are charged"),
+    )
+    capabilities: Capabilities | None = Field(
+        None,
+        description="override detected capabilities",
+        json_schema_extra=privileged("model", "what the server is trusted to offer"),
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="kind-specific options",
+        json_schema_extra=privileged("code", "kind-specific options of the implementation"),
+    )
 
 
 class BackendsFile(BaseModel):

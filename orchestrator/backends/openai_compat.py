@@ -9,7 +9,9 @@ topped up with further requests; without ``native_n`` the backend sends ``n`` re
 sample, so a seeded request stays reproducible without repeating samples. When a top-up or some
 of the fan-out requests fail after others succeeded, the call returns what it got (fewer than
 ``n``, as the ``Backend`` contract allows), so those tokens are charged and those samples kept;
-it raises only when nothing came back.
+it raises only when nothing came back. ``faults`` counts what the server did wrong, by kind
+(``_retry.FaultKind``, plus ``short_n`` for an answer with fewer choices than asked); the
+service's metrics export it.
 
 ``server`` selects protocol extras: ``vllm`` enables prefix continuation
 (``continue_final_message``); ``openai`` sends ``max_completion_tokens`` instead of
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal, cast
 
@@ -116,6 +119,10 @@ class OpenAICompatBackend(Backend):
             http_client=cast(Any, http_client),
         )
         self._closed = False
+        self.faults: Counter[str] = Counter()
+
+    def _fault(self, kind: str) -> None:
+        self.faults[kind] += 1
 
     async def generate(self, request: GenerationRequest) -> Generation:
         """Sample ``request.n`` completions (see ``Backend.generate``).
@@ -178,6 +185,8 @@ class OpenAICompatBackend(Backend):
         while got < request.n:
             try:
                 batch = await self._request(request, n=request.n - got, offset=got)
+                if len(batch.candidates) < request.n - got:
+                    self._fault("short_n")
                 if not batch.candidates:
                     raise BackendProtocolError(
                         f"{self._context(request)}: server returned no choices for n="
@@ -247,6 +256,7 @@ class OpenAICompatBackend(Backend):
             backend=self.name,
             context=self._context(request),
             timeout=self.timeout,
+            on_fault=self._fault,
         )
 
     def _kwargs(self, request: GenerationRequest, *, n: int, offset: int) -> dict[str, Any]:

@@ -1,7 +1,9 @@
 """``ttc keys``: manage the REST service's API keys.
 
-``ttc keys create NAME [--rpm N] [--daily-tokens N]`` prints the new key on stdout, alone (so
-``KEY=$(ttc keys create ci)`` works), once: only its sha256 hash is stored. ``ttc keys list``
+``ttc keys create NAME [--rpm N] [--daily-tokens N] [--scope GRANT ...]`` prints the new key on
+stdout, alone (so ``KEY=$(ttc keys create ci)`` works), once: only its sha256 hash is stored.
+A ``--scope`` grants the key a privileged config field (``orchestrator.trust``): a privilege
+(``network``, ``client_code``, ...) or one field (``verifier.unit_tests.tests``). ``ttc keys list``
 shows ids, names, display prefixes, status, limits and today's tokens; ``ttc keys revoke
 ID|NAME`` revokes a key. Every ``keys`` command takes ``--store URL`` and ``--config FILE`` and
 resolves the store as ``ttc serve`` does (``--store``, the settings' ``store_url``,
@@ -23,6 +25,7 @@ from orchestrator.cli.common import err, say
 from orchestrator.errors import StoreError
 from orchestrator.store.db import default_url, normalize_url
 from orchestrator.store.keys import ApiKey, KeyStore
+from orchestrator.trust import PRIVILEGES, check_grant
 
 AUTH_DELAY = "a running service notices within about 5 s"
 
@@ -36,6 +39,15 @@ def register(sub: Any) -> None:
     kc.add_argument("--rpm", type=int, help="requests per minute allowed (default: no limit)")
     kc.add_argument(
         "--daily-tokens", type=int, help="tokens per UTC day allowed (default: no limit)"
+    )
+    kc.add_argument(
+        "--scope",
+        action="append",
+        default=[],
+        metavar="GRANT",
+        help="a privileged config field this key may set: a privilege ("
+        + ", ".join(PRIVILEGES)
+        + ") or one field as strategy|verifier.<name>.<field>; repeat for several",
     )
     kl = ksub.add_parser("list", help="list the keys (never the keys themselves)")
     kl.add_argument("--json", action="store_true", help="print one JSON array")
@@ -79,11 +91,18 @@ async def _keys(args: argparse.Namespace, url: str) -> int:
 
 
 async def _create(store: KeyStore, args: argparse.Namespace) -> int:
+    try:
+        scopes = [check_grant(scope) for scope in args.scope]
+    except ValueError as exc:
+        err(f"--scope: {exc}")
+        return 2
     first = not await store.any_active()
     key, plaintext = await store.create(
-        args.name, rpm_limit=args.rpm, daily_token_limit=args.daily_tokens
+        args.name, rpm_limit=args.rpm, daily_token_limit=args.daily_tokens, scopes=scopes
     )
     limits = f"rpm limit {_limit(key.rpm_limit)}, daily tokens {_limit(key.daily_token_limit)}"
+    if key.scopes:
+        limits += f", scopes {', '.join(key.scopes)}"
     say(f"created API key {key.name!r} (id {key.id}, prefix {key.prefix}, {limits})")
     print(plaintext, flush=True)
     say(
@@ -91,7 +110,8 @@ async def _create(store: KeyStore, args: argparse.Namespace) -> int:
         "Send it as 'Authorization: Bearer <key>'."
     )
     if first:
-        say(f"auth is now ON for services on {store.masked_url} ({AUTH_DELAY})")
+        say(f"the first active key of {store.masked_url}: services requiring auth now accept it "
+            f"({AUTH_DELAY})")  # fmt: skip
     return 0
 
 
@@ -107,9 +127,9 @@ async def _list(store: KeyStore, as_json: bool) -> int:
         print(json.dumps(rows))
         return 0
     if not keys:
-        say(f"no API keys in {store.masked_url}: auth is off")
+        say(f"no API keys in {store.masked_url}: services requiring auth refuse every request")
         return 0
-    header = ("ID", "NAME", "PREFIX", "STATUS", "RPM", "DAILY TOKENS", "TODAY", "CREATED")
+    header = ("ID", "NAME", "PREFIX", "STATUS", "RPM", "DAILY TOKENS", "TODAY", "SCOPES", "CREATED")
     rows_text = [
         (
             k.id,
@@ -119,6 +139,7 @@ async def _list(store: KeyStore, as_json: bool) -> int:
             _limit(k.rpm_limit),
             _limit(k.daily_token_limit),
             str(today[k.id]),
+            ",".join(k.scopes) or "-",
             k.created_at.strftime("%Y-%m-%d %H:%M:%SZ"),
         )
         for k in keys
@@ -135,5 +156,8 @@ async def _revoke(store: KeyStore, target: str) -> int:
         return 1
     say(f"revoked API key {target!r}: requests with it get 401 ({AUTH_DELAY})")
     if not await store.any_active():
-        say(f"no active API key remains: auth is now OFF for services on {store.masked_url}")
+        say(
+            f"no active API key remains in {store.masked_url}: services requiring auth now "
+            "answer every protected request with 401"
+        )
     return 0

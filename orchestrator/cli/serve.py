@@ -13,17 +13,18 @@ most about twice the grace, and no run is lost. After a clean shutdown, Ctrl-C e
 SIGTERM ends the process by that signal (uvicorn re-raises it, so a supervisor sees "terminated
 by SIGTERM"); a failed startup (a backend or the store cannot be started) exits 3.
 
-At start it prints (stderr) where it listens, the store URL with its password masked, and
-whether auth is on (at least one active API key in the store). Declared backends other than the
+At start it prints (stderr) where it listens, the store URL with its password masked, and how
+auth stands. Declared backends other than the
 default that cannot be built here (a missing ``api_key_env`` variable, missing extras) are
 reported with a warning and refused to the runs that name them, so the shipped
 ``configs/backends.yaml`` serves without ``OPENAI_API_KEY``; the default backend must build.
 
-Binding a host that is not loopback while no API key exists is allowed, with a loud warning:
-a service behind a reverse proxy or in a container must bind ``0.0.0.0`` while the network
-keeps it private, and auth can be turned on without a restart (``ttc keys create`` on the same
-store takes effect within about 5 s). Anyone who can reach an unauthenticated port can run
-strategies and spend the backends' budget.
+Auth fails closed: with ``auth: required`` (the default) and no active key in the store, the
+service starts but answers every protected request 401 and says so here (``ttc keys create`` on
+the same store takes effect within about 5 s). ``auth: off`` on a host that is not loopback
+exits 2 unless ``--insecure`` is given (a service behind an authenticating proxy, on a private
+network): anyone who can reach an unauthenticated port can run strategies and spend the
+backends' budget.
 """
 
 from __future__ import annotations
@@ -60,6 +61,12 @@ def register(sub: Any) -> None:
     )
     s.add_argument("--store", help="runs and API keys database: a file path or a database URL")
     s.add_argument("--log-level", choices=LOG_LEVELS, default="info")
+    s.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow `auth: off` on an interface that is not loopback (behind an authenticating "
+        "proxy or on a private network only)",
+    )
     s.set_defaults(func=cmd_serve, own_signals=True)
 
 
@@ -97,6 +104,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     url = normalize_url(settings.store_url or default_url())
     settings = settings.model_copy(update={"store_url": url})
+    if settings.auth == "off" and not is_loopback(settings.host) and not args.insecure:
+        err(
+            f"refusing to serve without auth on {settings.host!r}, which is not a loopback "
+            "address: anyone who can reach it could run strategies and spend the backends' "
+            "budget. Fix: set `auth: required` and create a key (`ttc keys create NAME`), "
+            "bind 127.0.0.1, or pass --insecure behind an authenticating proxy"
+        )
+        return 2
     try:
         keys = asyncio.run(active_keys(url))
     except StoreError as exc:
@@ -128,23 +143,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _announce(settings: ServiceSettings, orch: Orchestrator, keys: int) -> None:
-    """Where the service listens, its backends and store, and whether auth is on."""
+    """Where the service listens, its backends and store, and how auth stands."""
     url = settings.store_url or ""
     where = f"http://{_url_host(settings.host)}:{settings.port}"
     say(f"serving on {where} (OpenAI-compatible base URL: {where}/v1)")
     say(f"backends: {', '.join(orch.built())} (default {orch.default_backend})")
     say(f"store: {mask_url(url)}")
-    if keys:
-        say(f"auth: ON ({keys} active API key(s); send 'Authorization: Bearer <key>')")
+    if settings.auth == "off":
+        say("auth: OFF (auth: off in the settings): every request is served without a key")
+        if not is_loopback(settings.host):
+            say(
+                f"WARNING: {settings.host!r} is not a loopback address and auth is off (--insecure)"
+            )
         return
-    say("auth: OFF (no API keys in the store; create one with `ttc keys create NAME`)")
-    if not is_loopback(settings.host):
-        say(
-            f"WARNING: {settings.host!r} is not a loopback address and NO API key exists: "
-            "anyone who can reach this port can run strategies and spend the backends' "
-            f"budget. Create a key (`ttc keys create NAME --store {mask_url(url)}`; "
-            f"{AUTH_DELAY}), or bind 127.0.0.1 and put an authenticating proxy in front."
-        )
+    if keys:
+        say(f"auth: required ({keys} active API key(s); send 'Authorization: Bearer <key>')")
+        return
+    say(
+        "auth: required, but NO active API key: every request but /healthz and /readyz gets "
+        f"401. Create one with `ttc keys create NAME --store {mask_url(url)}` ({AUTH_DELAY}), "
+        "or set `auth: off` for a loopback-only service"
+    )
 
 
 def _url_host(host: str) -> str:

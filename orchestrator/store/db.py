@@ -49,6 +49,7 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    inspect,
     make_url,
     select,
     text,
@@ -313,16 +314,30 @@ class ApiKeyRow(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     rpm_limit: Mapped[int | None] = mapped_column(Integer, nullable=True)
     daily_token_limit: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    scopes: Mapped[str | None] = mapped_column(Text, nullable=True)  # a JSON list of grants
 
 
 class ApiKeyUsage(Base):
-    """Tokens spent by one API key on one UTC day."""
+    """Tokens spent by one API key on one UTC day, and those reserved by its runs in flight."""
 
     __tablename__ = "api_key_usage"
 
     key_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     day: Mapped[date] = mapped_column(Date, primary_key=True)
     tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    reserved: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+
+
+class TokenReservation(Base):
+    """The tokens one run in flight holds against its key's daily limit (on ``day``)."""
+
+    __tablename__ = "token_reservations"
+
+    run_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(64), index=True)
+    day: Mapped[date] = mapped_column(Date)
+    tokens: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
 def table(name: str) -> Table:
@@ -348,9 +363,43 @@ def create_tables(*names: str) -> Callable[[Connection], None]:
     return apply
 
 
+def add_columns(name: str, *columns: str) -> Callable[[Connection], None]:
+    """A migration step that adds the named columns of table ``name``, as declared on
+    :class:`Base`, when they are missing (an earlier step may have created the table with
+    them already: ``create_tables`` creates tables as currently declared)."""
+
+    def apply(conn: Connection) -> None:
+        present = {c["name"] for c in inspect(conn).get_columns(name)}
+        for column in (table(name).c[c] for c in columns if c not in present):
+            kind = column.type.compile(dialect=conn.dialect)
+            value = getattr(column.server_default, "arg", None)
+            default = "" if value is None else f" DEFAULT {value}"
+            null = "" if column.nullable else " NOT NULL"
+            conn.execute(text(f"ALTER TABLE {name} ADD COLUMN {column.name} {kind}{default}{null}"))
+
+    return apply
+
+
+def _steps(*steps: Callable[[Connection], None]) -> Callable[[Connection], None]:
+    def apply(conn: Connection) -> None:
+        for step in steps:
+            step(conn)
+
+    return apply
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "completion cache", create_tables("completions")),
     Migration(2, "runs and API keys", create_tables("runs", "api_keys", "api_key_usage")),
+    Migration(
+        3,
+        "API key scopes and daily token reservations",
+        _steps(
+            add_columns("api_keys", "scopes"),
+            add_columns("api_key_usage", "reserved"),
+            create_tables("token_reservations"),
+        ),
+    ),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

@@ -14,6 +14,17 @@ Contract:
 * Token usage is one counter per (key, UTC day), incremented atomically (an upsert), so
   concurrent writers in any number of processes never lose an increment. The day comes from
   the injectable ``clock``.
+* Daily limits hold across processes sharing the database by reservation:
+  :meth:`KeyStore.reserve` grants a run at most what is left of its key's limit today
+  (spent + reserved), in one transaction that locks the key's counter row before reading it
+  (PostgreSQL: the upsert that creates it and ``SELECT ... FOR UPDATE``; SQLite:
+  ``BEGIN IMMEDIATE``), so concurrent admissions in any number of replicas never grant more
+  than the limit together (``tests/unit/test_store_keys.py`` fails without the lock).
+  :meth:`KeyStore.settle` ends a run's reservation and charges what it spent;
+  :meth:`KeyStore.release_stale` ends the reservations of runs that are no longer queued or
+  running (a process that died mid-run).
+* A key's ``scopes`` are the grants of privileged config fields (``orchestrator.trust``) its
+  requests may use: privilege names or single fields, stored as a JSON list.
 * All work runs in a worker thread (see ``orchestrator.store.base``); database failures raise
   ``StoreError``.
 """
@@ -23,18 +34,27 @@ from __future__ import annotations
 import builtins
 import hashlib
 import hmac
+import json
 import secrets
+from collections.abc import Sequence
 from datetime import date, datetime
 from typing import Any
 
-from pydantic import BaseModel
-from sqlalchemy import Connection, Engine, Row, exists, insert, select, update
+from pydantic import BaseModel, Field
+from sqlalchemy import Connection, Engine, Row, delete, exists, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from orchestrator.errors import ConfigError
 from orchestrator.store.base import StoreClient, as_utc
-from orchestrator.store.db import ApiKeyRow, ApiKeyUsage, table, write_transaction
+from orchestrator.store.db import (
+    ApiKeyRow,
+    ApiKeyUsage,
+    Run,
+    TokenReservation,
+    table,
+    write_transaction,
+)
 
 KEY_PREFIX = "ttc-"
 DISPLAY_CHARS = 8
@@ -55,6 +75,8 @@ class ApiKey(BaseModel):
         revoked_at: revocation time, or None while the key is active.
         rpm_limit: requests per minute allowed, or None for no limit.
         daily_token_limit: tokens per UTC day allowed, or None for no limit.
+        scopes: privileged config fields this key may set (privileges such as ``network``,
+            or single fields such as ``verifier.unit_tests.tests``); none by default.
     """
 
     id: str
@@ -64,6 +86,7 @@ class ApiKey(BaseModel):
     revoked_at: datetime | None = None
     rpm_limit: int | None = None
     daily_token_limit: int | None = None
+    scopes: list[str] = Field(default_factory=list)
 
     @property
     def active(self) -> bool:
@@ -89,6 +112,7 @@ _COLUMNS = (
     ApiKeyRow.revoked_at,
     ApiKeyRow.rpm_limit,
     ApiKeyRow.daily_token_limit,
+    ApiKeyRow.scopes,
 )
 
 
@@ -101,6 +125,7 @@ def _key(row: Row[*tuple[Any, ...]]) -> ApiKey:
         revoked_at=None if row.revoked_at is None else as_utc(row.revoked_at),
         rpm_limit=row.rpm_limit,
         daily_token_limit=row.daily_token_limit,
+        scopes=json.loads(row.scopes) if row.scopes else [],
     )
 
 
@@ -123,9 +148,10 @@ class KeyStore(StoreClient):
         *,
         rpm_limit: int | None = None,
         daily_token_limit: int | None = None,
+        scopes: Sequence[str] = (),
     ) -> tuple[ApiKey, str]:
         """Create a key; returns it and its plaintext, which is not stored and cannot be
-        recovered later.
+        recovered later. ``scopes`` are stored as given (the caller validates them).
 
         Raises:
             ConfigError: empty or too long name, an active key with this name exists, or a
@@ -144,8 +170,13 @@ class KeyStore(StoreClient):
             created_at=self._now(),
             rpm_limit=rpm_limit,
             daily_token_limit=daily_token_limit,
+            scopes=list(dict.fromkeys(scopes)),
         )
-        row = {**key.model_dump(exclude={"revoked_at"}), "key_hash": hash_key(plaintext)}
+        row = {
+            **key.model_dump(exclude={"revoked_at", "scopes"}),
+            "scopes": json.dumps(key.scopes) if key.scopes else None,
+            "key_hash": hash_key(plaintext),
+        }
 
         def write(engine: Engine) -> None:
             try:
@@ -250,6 +281,96 @@ class KeyStore(StoreClient):
                 return _tokens_on(conn, key_id, day)
 
         return await self._run("reading", read)
+
+    async def reserve(self, key_id: str, run_id: str, tokens: int, limit: int) -> int:
+        """Reserve up to ``tokens`` of the key's ``limit`` for today for run ``run_id``; returns
+        the tokens granted: ``min(tokens, limit - spent - reserved)``, 0 when nothing is left
+        (then nothing is recorded). Atomic across processes (see the module docstring).
+        """
+        if tokens < 1:
+            raise ValueError(f"invalid reservation {tokens}: expected 1 or more")
+        day = self._now().date()
+        usage = table(ApiKeyUsage.__tablename__)
+
+        def write(engine: Engine) -> int:
+            with write_transaction(engine) as conn:
+                _upsert_usage(conn, key_id, day, 0)  # the row exists, so it can be locked
+                row = conn.execute(
+                    select(usage.c.tokens, usage.c.reserved)
+                    .where(usage.c.key_id == key_id, usage.c.day == day)
+                    .with_for_update()
+                ).one()
+                granted = max(0, min(tokens, limit - int(row.tokens) - int(row.reserved)))
+                if granted:
+                    conn.execute(
+                        update(usage)
+                        .where(usage.c.key_id == key_id, usage.c.day == day)
+                        .values(reserved=usage.c.reserved + granted)
+                    )
+                    conn.execute(
+                        insert(TokenReservation).values(
+                            run_id=run_id, key_id=key_id, day=day, tokens=granted,
+                            created_at=self._now(),
+                        )
+                    )  # fmt: skip
+                return granted
+
+        return await self._run("writing", write)
+
+    async def settle(self, key_id: str, run_id: str, tokens: int) -> None:
+        """End run ``run_id``'s reservation (if any) and charge the ``tokens`` it spent to the
+        key's counter for today, in one transaction."""
+        if tokens < 0:
+            raise ValueError(f"invalid token count {tokens}: expected 0 or more")
+        day = self._now().date()
+
+        def write(engine: Engine) -> None:
+            with write_transaction(engine) as conn:
+                _end_reservations(conn, TokenReservation.run_id == run_id)
+                if tokens:
+                    _upsert_usage(conn, key_id, day, tokens)
+
+        await self._run("writing", write)
+
+    async def reserved_today(self, key_id: str) -> int:
+        """Tokens the key's runs in flight hold today."""
+        day = self._now().date()
+        usage = table(ApiKeyUsage.__tablename__)
+        query = select(usage.c.reserved).where(usage.c.key_id == key_id, usage.c.day == day)
+
+        def read(engine: Engine) -> int:
+            with engine.connect() as conn:
+                return int(conn.scalar(query) or 0)
+
+        return await self._run("reading", read)
+
+    async def release_stale(self) -> int:
+        """End the reservations of runs that are no longer queued or running (their process
+        died before settling); returns how many were ended."""
+        live = select(Run.id).where(Run.status.in_(("queued", "running")))
+
+        def write(engine: Engine) -> int:
+            with write_transaction(engine) as conn:
+                return _end_reservations(conn, TokenReservation.run_id.not_in(live))
+
+        return await self._run("writing", write)
+
+
+def _end_reservations(conn: Connection, where: Any) -> int:
+    """Delete the reservations matching ``where`` and give their tokens back; how many."""
+    rows = conn.execute(
+        select(TokenReservation.run_id, TokenReservation.key_id, TokenReservation.day,
+               TokenReservation.tokens).where(where)
+    ).all()  # fmt: skip
+    usage = table(ApiKeyUsage.__tablename__)
+    for row in rows:
+        conn.execute(
+            update(usage)
+            .where(usage.c.key_id == row.key_id, usage.c.day == row.day)
+            .values(reserved=usage.c.reserved - row.tokens)
+        )
+        conn.execute(delete(TokenReservation).where(TokenReservation.run_id == row.run_id))
+    return len(rows)
 
 
 def _tokens_on(conn: Connection, key_id: str, day: date) -> int:

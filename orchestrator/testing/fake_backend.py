@@ -87,6 +87,8 @@ class FakeBackend(Backend):
         answers: a weighted distribution of answers, or a list cycled by sample index; the
             text is ``default_text(answer)``. Ignored when ``script`` is given.
         script: ``(request, index) -> text`` for full control of the text.
+        texts: whole completion texts cycled by sample index (a backends file can give them,
+            e.g. code for the ``unit_tests`` verifier). Ignored when ``script`` is given.
         token_logprobs: ``(request, index, default logprobs) -> logprobs`` to change the
             logprobs (default: seeded random values with ``"Yes"``/``"No"`` alternatives).
         seed: seeds answers, default logprobs and ``fail_rate``.
@@ -111,6 +113,7 @@ class FakeBackend(Backend):
         *,
         answers: Mapping[str, float] | Sequence[str] | None = None,
         script: Script | None = None,
+        texts: Sequence[str] | None = None,
         token_logprobs: TokenLogprobs | None = None,
         seed: int = 0,
         latency: float | Callable[[int], float] = 0.0,
@@ -125,6 +128,7 @@ class FakeBackend(Backend):
         super().__init__(name, model, capabilities or FULL, pricing)
         self.answers = answers if answers is not None else {"42": 0.7, "41": 0.2, "7": 0.1}
         self.script = script
+        self.texts = list(texts) if texts else None
         self.token_logprobs = token_logprobs
         self.seed = seed
         self.latency = latency
@@ -201,7 +205,11 @@ class FakeBackend(Backend):
 
     def _candidate(self, request: GenerationRequest, rng: random.Random, index: int) -> Candidate:
         text = (
-            self.script(request, index) if self.script else default_text(self._answer(rng, index))
+            self.script(request, index)
+            if self.script
+            else self.texts[index % len(self.texts)]
+            if self.texts
+            else default_text(self._answer(rng, index))
         )
         text = cut_at_stop(continuation(request, text), request.stop)
         all_words = text.split(" ")

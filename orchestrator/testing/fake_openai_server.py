@@ -12,75 +12,40 @@ whole transport (HTTP, JSON, headers, timeouts, retries) is exercised, never fak
 The server is a FastAPI app run by uvicorn in a background thread on a free ``127.0.0.1`` port.
 ``/v1/chat/completions`` and ``/v1/completions`` answer in the OpenAI response shape (with
 logprobs when asked); ``/version`` answers like vLLM when ``vllm=True``. Each request consumes
-the next scripted ``Fault`` (FIFO, in arrival order); with the script empty it answers normally.
+the next scripted ``Fault`` (FIFO, in arrival order); with the script empty it answers normally,
+or, with ``fault_rate`` > 0, injects a random fault of ``fault_kinds`` into that share of the
+requests (``random_fault``; counted by kind in ``injected``): 429 with ``Retry-After``, 500,
+503, a timeout (an answer slower than the client waits), a connection dropped mid-response,
+truncated JSON, and fewer choices than ``n``.
 
 As a separate process (load tests, trying ``ttc serve`` by hand), it serves until SIGTERM or
 SIGINT and prints its ``base_url`` as the first line of stdout::
 
-    python -m orchestrator.testing.fake_openai_server --latency 0.05
+    python -m orchestrator.testing.fake_openai_server --latency 0.05 --fault-rate 0.2
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import random
 import signal
 import socket
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
-FaultKind = Literal["status", "slow", "truncated", "short_n"]
+from orchestrator.testing.openai_faults import FAULT_KINDS, Fault, random_fault
 
-
-@dataclass(frozen=True)
-class Fault:
-    """What the server does to one request. Build with the class methods."""
-
-    kind: FaultKind
-    status: int = 200
-    message: str = ""
-    headers: dict[str, str] = field(default_factory=dict)
-    seconds: float = 0.0
-    choices: int = 0
-
-    @classmethod
-    def rate_limited(cls, retry_after: str | None = "1") -> Fault:
-        """429 with a ``Retry-After`` header (seconds or an HTTP date; None: no header)."""
-        headers = {"Retry-After": retry_after} if retry_after is not None else {}
-        return cls("status", status=429, message="rate limit reached", headers=headers)
-
-    @classmethod
-    def server_error(cls, status: int = 500, message: str = "internal server error") -> Fault:
-        """A 5xx with an OpenAI-style error body."""
-        return cls("status", status=status, message=message)
-
-    @classmethod
-    def bad_request(cls, message: str = "invalid request", status: int = 400) -> Fault:
-        """A 4xx (other than 429) with an OpenAI-style error body."""
-        return cls("status", status=status, message=message)
-
-    @classmethod
-    def slow(cls, seconds: float) -> Fault:
-        """Wait ``seconds`` before answering normally (stops early if the client disconnects)."""
-        return cls("slow", seconds=seconds)
-
-    @classmethod
-    def truncated(cls) -> Fault:
-        """200 with a JSON content type whose body is cut off mid-document."""
-        return cls("truncated")
-
-    @classmethod
-    def short_n(cls, choices: int) -> Fault:
-        """Answer normally but with only ``choices`` choices (as a server ignoring ``n``)."""
-        return cls("short_n", choices=choices)
+__all__ = ["FAULT_KINDS", "FakeOpenAIServer", "Fault", "RecordedRequest", "random_fault"]
 
 
 @dataclass
@@ -109,6 +74,11 @@ class FakeOpenAIServer:
         vllm: serve ``GET /version`` like a vLLM server does.
         record: keep every request in ``requests``; False (long-running load servers) keeps
             memory flat and leaves ``requests`` empty.
+        fault_rate: the share of unscripted requests that get a random fault (0: none).
+        fault_kinds: the kinds drawn (default: all of ``FAULT_KINDS``).
+        timeout_seconds: how long a ``timeout`` fault keeps the client waiting.
+        retry_after: the ``Retry-After`` of a ``rate_limited`` fault.
+        seed: seeds the fault draws.
 
     Thread safety: the server runs in its own thread; ``requests``, ``in_flight``,
     ``max_in_flight`` and ``disconnects`` may be read from the test thread at any time.
@@ -121,6 +91,11 @@ class FakeOpenAIServer:
         latency: float = 0.0,
         vllm: bool = False,
         record: bool = True,
+        fault_rate: float = 0.0,
+        fault_kinds: Sequence[str] = FAULT_KINDS,
+        timeout_seconds: float = 5.0,
+        retry_after: str = "1",
+        seed: int | None = None,
     ):
         self.model = model
         self.latency = latency
@@ -131,6 +106,14 @@ class FakeOpenAIServer:
         self.max_in_flight = 0
         self.disconnects = 0
         self._faults: deque[Fault] = deque()
+        self.fault_rate = fault_rate
+        self.fault_kinds = tuple(fault_kinds)
+        self.timeout_seconds = timeout_seconds
+        self.retry_after = retry_after
+        self.injected: Counter[str] = Counter()
+        self._rng = random.Random(seed)
+        for kind in self.fault_kinds:
+            random_fault(kind, self._rng, timeout_seconds=timeout_seconds)  # fail fast
         self._lock = threading.Lock()
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -208,12 +191,22 @@ class FakeOpenAIServer:
 
     def _record(self, path: str, body: dict[str, Any]) -> Fault | None:
         with self._lock:
-            fault = self._faults.popleft() if self._faults else None
+            fault = self._faults.popleft() if self._faults else self._draw()
             if self.record:
                 self.requests.append(RecordedRequest(path, body, time.monotonic(), fault))
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
             return fault
+
+    def _draw(self) -> Fault | None:
+        """A random fault for ``fault_rate`` of the requests (called under the lock)."""
+        if self.fault_rate <= 0 or self._rng.random() >= self.fault_rate:
+            return None
+        kind = self._rng.choice(self.fault_kinds)
+        self.injected[kind] += 1
+        return random_fault(
+            kind, self._rng, timeout_seconds=self.timeout_seconds, retry_after=self.retry_after
+        )
 
     async def _handle(self, request: Request, *, chat: bool) -> Response:
         body = await request.json()
@@ -233,6 +226,8 @@ class FakeOpenAIServer:
         if fault is not None and fault.kind == "status":
             error = {"message": fault.message, "type": "FakeError", "param": None, "code": None}
             return JSONResponse({"error": error}, status_code=fault.status, headers=fault.headers)
+        if fault is not None and fault.kind == "reset":
+            return _DroppedResponse()
         if fault is not None and fault.kind == "truncated":
             return Response(
                 b'{"id": "cmpl-1", "choices": [{"index": 0, "te', 200, media_type="application/json"
@@ -253,6 +248,31 @@ class FakeOpenAIServer:
                     self.disconnects += 1
                 return False
         return True
+
+
+class InjectedReset(ConnectionResetError):
+    """Raised by a ``reset`` fault after its answer began: uvicorn drops the connection."""
+
+
+class _QuietResets(logging.Filter):
+    """Keeps uvicorn from logging a traceback for each injected reset."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, InjectedReset)
+
+
+logging.getLogger("uvicorn.error").addFilter(_QuietResets())
+
+
+class _DroppedResponse(Response):
+    """Sends the start of a 200 JSON answer, then fails: uvicorn drops the connection."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"4096")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b'{"id": "x", ', "more_body": True})
+        raise InjectedReset("fake server: connection reset mid-response")
 
 
 # -- response payloads -------------------------------------------------------------------------
@@ -354,11 +374,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--latency", type=float, default=0.0, help="seconds every answer waits")
     parser.add_argument("--model", default="fake-model", help="model reported in responses")
     parser.add_argument("--vllm", action="store_true", help="serve GET /version like vLLM")
+    parser.add_argument("--fault-rate", type=float, default=0.0, help="share of faulty answers")
+    parser.add_argument(
+        "--faults", default=",".join(FAULT_KINDS), help="comma-separated fault kinds to draw"
+    )
+    parser.add_argument("--timeout-seconds", type=float, default=5.0, help="a timeout's wait")
+    parser.add_argument("--seed", type=int, default=None, help="seeds the fault draws")
     args = parser.parse_args(argv)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    server = FakeOpenAIServer(model=args.model, latency=args.latency, vllm=args.vllm, record=False)
+    server = FakeOpenAIServer(
+        model=args.model,
+        latency=args.latency,
+        vllm=args.vllm,
+        record=False,
+        fault_rate=args.fault_rate,
+        fault_kinds=[k for k in args.faults.split(",") if k],
+        timeout_seconds=args.timeout_seconds,
+        seed=args.seed,
+    )
     with server:
         print(server.base_url, flush=True)
         while not stop.wait(0.5):

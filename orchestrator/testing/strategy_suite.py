@@ -57,6 +57,9 @@ What the tests check, for every strategy:
    none gives None (without looping for ever); a backend without
    capabilities is refused before any call (``CapabilityError`` naming the capability), or is
    never asked for logprobs or prefix continuation.
+7. Service contract. ``max_samples()`` is an int, and no run (plain, short ``n``, failing calls)
+   draws more samples than it; every config field declares its trust class
+   (``orchestrator.trust``).
 """
 
 from __future__ import annotations
@@ -79,6 +82,7 @@ from orchestrator.registry import verifiers as verifier_registry
 from orchestrator.runner import Orchestrator
 from orchestrator.testing.fake_backend import FakeBackend, Script
 from orchestrator.trace import Span
+from orchestrator.trust import unclassified
 from orchestrator.types import Problem, Result, Usage
 from strategies.base import Strategy, StrategySpec, build_strategy
 
@@ -551,6 +555,29 @@ class StrategyConformance:
                 assert not req.continue_final, "prefix continuation asked of a bare backend"
 
     # --- the contract of the class -------------------------------------------------------------
+
+    def test_samples_within_max_samples(self) -> None:
+        bound = self.build().max_samples()
+        assert bound is not None, (
+            f"strategy {self.build().name!r} does not bound its samples: override "
+            "Strategy.max_samples() (strategies.base.runs_of helps), or the service refuses it"
+        )
+        for options in ({}, {"short_n": 1}, {"fail_rate": 0.5, "seed": 1}):
+            try:
+                out = self.run(self.solve(**options))
+            except self.allowed_errors:
+                continue
+            drawn = sum(int(s.attrs.get("returned", 0)) for s in out.ctx.trace.backend_spans())
+            assert drawn <= bound, f"{drawn} samples drawn, above max_samples() = {bound}"
+
+    def test_config_fields_are_classified(self) -> None:
+        strategy = self.build()
+        missing = unclassified(type(strategy).Config)
+        assert not missing, (
+            f"strategy {strategy.name!r}: config field(s) {', '.join(missing)} declare no trust "
+            "class; add json_schema_extra=tuning() (or tuning(nested=...)) or "
+            'privileged("<privilege>", "<what it does>") from orchestrator.trust to each'
+        )
 
     def test_registered_and_describable(self) -> None:
         strategy = self.build()

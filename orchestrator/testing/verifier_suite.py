@@ -32,7 +32,9 @@ pytest plugin. What they check:
 - cancellation propagates as ``CancelledError`` (at the first suspension and during a backend
   call) and leaves no task behind;
 - ``build_verifier(verifier.describe())`` round-trips to an equivalent verifier;
-- one instance serves concurrent ``score`` calls with the same results as sequential ones.
+- one instance serves concurrent ``score`` calls with the same results as sequential ones;
+- ``max_samples(len(candidates))`` bounds the model samples a call draws, and every config field
+  declares its trust class (``orchestrator.trust``).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from orchestrator.context import RunContext
 from orchestrator.registry import verifiers as registry
 from orchestrator.testing.fake_backend import FakeBackend, default_text
 from orchestrator.trace import Span, Trace
+from orchestrator.trust import unclassified
 from orchestrator.types import Candidate, Problem, Score, TokenLogprob
 from verifiers.base import Verifier, build_verifier
 
@@ -199,6 +202,25 @@ class VerifierConformance:
             assert ctx.meter.usage.completion_tokens == completion
             inside = {id(s) for s in self.verifier_span(ctx, verifier.name).walk()}
             assert all(id(s) in inside for s in spans), "backend span outside the verifier span"
+
+    def test_samples_within_max_samples(self) -> None:
+        verifier, ctx = self.make_verifier(), self.make_context()
+        cands = self.make_candidates()
+        self.run(self.score(verifier, cands, ctx))
+        drawn = sum(
+            int(s.attrs.get("returned", 0)) for s in ctx.trace.backend_spans() if "n" in s.attrs
+        )
+        bound = verifier.max_samples(len(cands))
+        assert drawn <= bound, f"{drawn} model samples, above max_samples({len(cands)}) = {bound}"
+
+    def test_config_fields_are_classified(self) -> None:
+        verifier = self.make_verifier()
+        missing = unclassified(type(verifier).Config)
+        assert not missing, (
+            f"verifier {verifier.name!r}: config field(s) {', '.join(missing)} declare no trust "
+            "class; add json_schema_extra=tuning() (or tuning(nested=...)) or "
+            'privileged("<privilege>", "<what it does>") from orchestrator.trust to each'
+        )
 
     def test_cancellation_at_first_suspension(self) -> None:
         async def scenario() -> None:

@@ -1,6 +1,7 @@
 """Fixtures of the service tests: the real app on a FakeBackend named ``local``, in process.
 
-``app``: ``create_app`` with a SQLite store in ``tmp_path``, its lifespan entered (backends
+``app``: ``create_app`` (``auth: off`` unless a test asks otherwise) with a SQLite store in
+``tmp_path``, its lifespan entered (backends
 started, stores open, RunManager ready) and left at teardown. ``backend`` is its FakeBackend:
 a test may change ``latency``, ``fail_rate``, ``script`` ... before sending requests.
 ``client``: an ``httpx.AsyncClient`` on the app through ``ASGITransport`` (no network).
@@ -42,6 +43,7 @@ def make_app(store_url: str) -> MakeApp:
     async def make(*backends: Backend, **settings: Any) -> AsyncIterator[FastAPI]:
         settings.setdefault("store_url", store_url)
         settings.setdefault("shutdown_grace_seconds", 1.0)
+        settings.setdefault("auth", "off")
         orch = Orchestrator(list(backends) or [FakeBackend(name="local")])
         app = create_app(ServiceSettings(**settings), orchestrator=orch)
         async with app.router.lifespan_context(app):

@@ -46,7 +46,8 @@ class Service:
 
 
 def settings_for(tmp_path: Path, **fields: Any) -> ServiceSettings:
-    """ServiceSettings on a SQLite store in ``tmp_path``."""
+    """ServiceSettings on a SQLite store in ``tmp_path`` (``auth: off`` unless given)."""
+    fields.setdefault("auth", "off")
     return ServiceSettings(store_url=str(tmp_path / "ttc.db"), **fields)
 
 
@@ -54,11 +55,13 @@ def settings_for(tmp_path: Path, **fields: Any) -> ServiceSettings:
 async def serve(
     tmp_path: Path, *backends: Backend, auth_cache_seconds: float = 0.0, **fields: Any
 ) -> AsyncIterator[Service]:
-    """The app with its lifespan running (default backend: ``FakeBackend(name="local")``).
+    """The app with its lifespan running (default backend: ``FakeBackend(name="local")``;
+    ``auth: off`` unless ``auth="required"`` is given).
 
     ``auth_cache_seconds=0`` makes key creation and revocation take effect at once.
     """
     fields.setdefault("shutdown_grace_seconds", 1.0)
+    fields.setdefault("auth", "off")
     orch = Orchestrator(list(backends) or [FakeBackend(name="local")])
     app = create_app(settings_for(tmp_path, **fields), orchestrator=orch)
     async with app.router.lifespan_context(app):

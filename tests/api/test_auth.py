@@ -1,4 +1,5 @@
-"""API keys: open without keys, 401 for missing / wrong / revoked keys, 429 for limits."""
+"""API keys: ``auth: off`` serves everyone; ``auth: required`` fails closed (401 for missing,
+wrong and revoked keys, and for every request while no key is active); 429 for limits."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from pathlib import Path
 import httpx
 from fastapi.routing import APIRoute
 
-from orchestrator.api.auth import AuthState, auth_state, bearer_token, seconds_to_utc_midnight
+from orchestrator.api.admission import seconds_to_utc_midnight
+from orchestrator.api.auth import AuthState, auth_state, bearer_token
 from orchestrator.store.keys import KeyStore
 from tests.api.native_app import serve
 
@@ -26,20 +28,39 @@ def assert_error(response: httpx.Response, status: int, type: str, code: str) ->
     assert response.json()["error"]["message"]
 
 
-async def test_without_keys_every_endpoint_is_open(tmp_path: Path) -> None:
-    async with serve(tmp_path) as svc:
+async def test_auth_off_serves_every_endpoint(tmp_path: Path) -> None:
+    async with serve(tmp_path, auth="off") as svc:
         answers = [
             await svc.client.get("/v1/strategies"),
             await svc.client.get("/metrics"),
+            await svc.client.get("/openapi.json"),
+            await svc.client.get("/docs"),
             await svc.client.post("/v1/reason", json={"problem": "q", "strategy": "single"}),
         ]
         assert all(r.status_code == 200 for r in answers)
-        record = (await svc.client.get(f"/v1/runs/{answers[2].json()['run_id']}")).json()
+        record = (await svc.client.get(f"/v1/runs/{answers[-1].json()['run_id']}")).json()
+        ready = (await svc.client.get("/readyz")).json()
     assert record["key_id"] is None
+    assert ready["status"] == "ready" and "backends" in ready  # details: auth is off
+
+
+async def test_required_without_any_key_refuses_every_protected_request(tmp_path: Path) -> None:
+    async with serve(tmp_path, auth="required") as svc:
+        strategies = await svc.client.get("/v1/strategies")
+        reason = await svc.client.post("/v1/reason", json={"problem": "q"})
+        schema = await svc.client.get("/openapi.json")
+        health = await svc.client.get("/healthz")
+        ready = await svc.client.get("/readyz")
+    for refused in (strategies, reason, schema):
+        assert_error(refused, 401, "authentication_error", "no_api_keys")
+        assert "ttc keys create" in refused.json()["error"]["message"]
+        assert refused.headers["x-should-retry"] == "false"
+    assert health.status_code == 200
+    assert ready.status_code == 200 and ready.json() == {"status": "ready"}  # no details
 
 
 async def test_with_a_key_the_bearer_header_is_required(tmp_path: Path) -> None:
-    async with serve(tmp_path) as svc:
+    async with serve(tmp_path, auth="required") as svc:
         key = await svc.create_key("alice")
         missing = await svc.client.get("/v1/strategies")
         basic = await svc.client.get("/v1/strategies", headers={"Authorization": f"Basic {key}"})
@@ -49,6 +70,7 @@ async def test_with_a_key_the_bearer_header_is_required(tmp_path: Path) -> None:
         metrics = await svc.client.get("/metrics")
         open_health = await svc.client.get("/healthz")
         open_ready = await svc.client.get("/readyz")
+        keyed_ready = await svc.client.get("/readyz", headers=bearer(key))
     assert_error(missing, 401, "authentication_error", "missing_api_key")
     assert missing.headers["www-authenticate"] == "Bearer"
     assert_error(basic, 401, "authentication_error", "missing_api_key")
@@ -58,10 +80,12 @@ async def test_with_a_key_the_bearer_header_is_required(tmp_path: Path) -> None:
     assert valid.status_code == 200 and lower.status_code == 200
     assert_error(metrics, 401, "authentication_error", "missing_api_key")
     assert open_health.status_code == 200 and open_ready.status_code == 200
+    assert open_ready.json() == {"status": "ready"}
+    assert keyed_ready.json()["backends"]["local"]["ready"] is True
 
 
 async def test_every_api_route_but_health_needs_the_key(tmp_path: Path) -> None:
-    async with serve(tmp_path) as svc:
+    async with serve(tmp_path, auth="required") as svc:
         await svc.create_key("k")
         checked = []
         for route in svc.app.routes:
@@ -76,10 +100,11 @@ async def test_every_api_route_but_health_needs_the_key(tmp_path: Path) -> None:
     assert {"GET /metrics", "GET /v1/runs/{run_id}/events", "DELETE /v1/runs/{run_id}"} <= set(
         checked
     )
+    assert {"GET /openapi.json", "GET /docs"} <= set(checked)
 
 
 async def test_a_revoked_key_is_refused(tmp_path: Path) -> None:
-    async with serve(tmp_path) as svc:
+    async with serve(tmp_path, auth="required") as svc:
         keep = await svc.create_key("keep")
         gone = await svc.create_key("gone")
         assert (await svc.client.get("/v1/verifiers", headers=bearer(gone))).status_code == 200
@@ -87,16 +112,18 @@ async def test_a_revoked_key_is_refused(tmp_path: Path) -> None:
         auth_state(svc.state).invalidate()
         revoked = await svc.client.get("/v1/verifiers", headers=bearer(gone))
         kept = await svc.client.get("/v1/verifiers", headers=bearer(keep))
-        await svc.state.key_store.revoke("keep")  # no active key left: the service is open again
+        await svc.state.key_store.revoke("keep")  # no active key left: still closed
         auth_state(svc.state).invalidate()
-        reopened = await svc.client.get("/v1/verifiers")
+        closed = await svc.client.get("/v1/verifiers")
+        closed_with_old_key = await svc.client.get("/v1/verifiers", headers=bearer(keep))
     assert_error(revoked, 401, "authentication_error", "invalid_api_key")
     assert kept.status_code == 200
-    assert reopened.status_code == 200
+    assert_error(closed, 401, "authentication_error", "no_api_keys")
+    assert_error(closed_with_old_key, 401, "authentication_error", "no_api_keys")
 
 
 async def test_rpm_limit_answers_429_with_retry_after(tmp_path: Path) -> None:
-    async with serve(tmp_path) as svc:
+    async with serve(tmp_path, auth="required") as svc:
         now = [1000.0]
         auth_state(svc.state).clock = lambda: now[0]
         key = await svc.create_key("rpm", rpm_limit=2)
@@ -119,28 +146,38 @@ async def test_rpm_limit_answers_429_with_retry_after(tmp_path: Path) -> None:
     assert limited_again.headers["retry-after"] == "10"  # the second request leaves at 1070
 
 
-async def test_daily_token_budget_refuses_after_a_run_spent_it(tmp_path: Path) -> None:
-    async with serve(tmp_path) as svc:
+async def test_daily_token_limit_is_reserved_at_admission(tmp_path: Path) -> None:
+    async with serve(tmp_path, auth="required") as svc:
         key = await svc.create_key("budget", daily_token_limit=50)
-        body = {"problem": "q", "strategy": {"strategy": "self_consistency", "n": 4}}
-        run = await svc.client.post("/v1/reason", json=body, headers=bearer(key))
-        assert run.status_code == 200
-        spent = run.json()["usage"]["prompt_tokens"] + run.json()["usage"]["completion_tokens"]
         key_id = (await svc.state.key_store.list())[0].id
+        body = {"problem": "q", "strategy": {"strategy": "self_consistency", "n": 4}}
+        runs, refused = [], None
+        for _ in range(20):  # each run gets what is left of the 50, until nothing is
+            answer = await svc.client.post("/v1/reason", json=body, headers=bearer(key))
+            if answer.status_code == 429:
+                refused = answer
+                break
+            assert answer.status_code == 200, answer.text
+            runs.append(answer.json())
         charged = await svc.state.key_store.tokens_today(key_id)
-        refused = await svc.client.post("/v1/reason", json=body, headers=bearer(key))
+        held = await svc.state.key_store.reserved_today(key_id)
         background = await svc.client.post("/v1/runs", json=body, headers=bearer(key))
-        read = await svc.client.get(f"/v1/runs/{run.json()['run_id']}", headers=bearer(key))
-    assert spent > 50 and charged == spent
+        read = await svc.client.get(f"/v1/runs/{runs[0]['run_id']}", headers=bearer(key))
+    spent = [r["usage"]["prompt_tokens"] + r["usage"]["completion_tokens"] for r in runs]
+    assert runs and refused is not None
+    assert charged == sum(spent) and held == 0  # settled: nothing stays reserved
+    first_call_prompt = runs[0]["result"]["trace"]["children"][0]["children"][0]["prompt_tokens"]
+    assert sum(spent) <= 50 + len(runs) * first_call_prompt  # only a call's prompt overshoots
     assert_error(refused, 429, "rate_limit_error", "daily_token_limit_exceeded")
     assert 1 <= int(refused.headers["retry-after"]) <= 86400
+    assert refused.headers["x-should-retry"] == "false"
     assert "50" in refused.json()["error"]["message"]
     assert background.status_code == 429  # no new run until 00:00 UTC
     assert read.status_code == 200  # but what was paid for can be read
 
 
 async def test_runs_belong_to_the_key_that_created_them(tmp_path: Path) -> None:
-    async with serve(tmp_path) as svc:
+    async with serve(tmp_path, auth="required") as svc:
         alice, bob = await svc.create_key("alice"), await svc.create_key("bob")
         body = {"problem": "q", "strategy": "single"}
         run_id = (await svc.client.post("/v1/runs", json=body, headers=bearer(alice))).json()[

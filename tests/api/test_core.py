@@ -8,7 +8,7 @@ import pytest
 
 from orchestrator.api.errors import api_error_from, error_dict, status_for_error
 from orchestrator.api.protocol import ReasonRequest
-from orchestrator.api.settings import ServiceSettings
+from orchestrator.api.settings import DEFAULT_BUDGET, MAX_BUDGET, ServiceSettings
 from orchestrator.budget import Budget
 from orchestrator.errors import (
     BackendError,
@@ -26,7 +26,11 @@ def test_settings_defaults() -> None:
     s = ServiceSettings.from_env(environ={})
     assert (s.host, s.port, s.max_request_n, s.max_concurrent_runs) == ("127.0.0.1", 8000, 16, 64)
     assert s.default_strategy == {"strategy": "self_consistency", "n": 4}
-    assert s.shutdown_grace_seconds == 10 and s.default_budget is None and s.store_url is None
+    assert s.shutdown_grace_seconds == 10 and s.store_url is None
+    assert s.auth == "required" and s.allow == []  # fail closed, nothing privileged granted
+    assert s.default_budget == DEFAULT_BUDGET and s.max_budget == MAX_BUDGET  # capped by default
+    assert s.default_budget.max_completion_tokens <= s.max_budget.max_completion_tokens
+    assert (s.max_samples_per_run, s.max_depth, s.max_body_bytes) == (256, 3, 1 << 20)
 
 
 def test_settings_file_then_env_then_overrides(tmp_path: Path) -> None:
@@ -88,6 +92,30 @@ def test_error_mapping(exc: Exception, status: int, code: str) -> None:
     assert api.status == status and set(api.body()["error"]) == {"message", "type", "param", "code"}
     if status == 500:
         assert "secret" not in err["message"]
+
+
+def test_client_messages_carry_no_hosts_urls_or_upstream_bodies(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = StoreError(
+        "could not connect to the store 'postgresql+psycopg://ttc:***@db.internal:5432/ttc'"
+    )
+    backend = BackendUnavailable(
+        "POST http://10.1.2.3:8001/v1/chat/completions (model 'm'): HTTP 503: upstream says "
+        "secret-body; gave up after 5 attempt(s)",
+        backend="vllm",
+    )
+    capability = CapabilityError(
+        "backend 'x' (vllm server at http://10.1.2.3:8001/v1) lacks logprobs"
+    )
+    with caplog.at_level("WARNING", logger="orchestrator.api.errors"):
+        messages = [error_dict(e)["message"] for e in (store, backend, capability)]
+    for message in messages:
+        for leak in ("db.internal", "10.1.2.3", "secret-body", "psycopg"):
+            assert leak not in message, message
+    assert messages[1].startswith("[vllm] unavailable (HTTP 503) (error id ")
+    assert "error id" in messages[0] and "db.internal" in caplog.text  # the log has it all
+    assert "<url>" in messages[2]
 
 
 @pytest.mark.parametrize(

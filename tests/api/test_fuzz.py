@@ -122,6 +122,7 @@ def _app(store_url: str) -> FastAPI:
     settings = ServiceSettings(
         store_url=store_url,
         shutdown_grace_seconds=0.5,
+        auth="off",
         default_strategy={"strategy": "self_consistency", "n": 2},
     )
     return create_app(settings, orchestrator=Orchestrator([FakeBackend(name="local")]))

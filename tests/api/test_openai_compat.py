@@ -282,7 +282,8 @@ async def test_backend_failure_is_503_without_internals(
     err = info.value.body
     assert isinstance(err, dict)
     assert (err["type"], err["code"]) == ("backend_error", "backend_unavailable")
-    assert "injected failure" in err["message"] and "Traceback" not in err["message"]
+    assert "[local]" in err["message"] and "error id" in err["message"]
+    assert "injected failure" not in err["message"] and "Traceback" not in err["message"]
     if not stream:
         assert isinstance(info.value, openai.InternalServerError)
         assert info.value.status_code == 503
@@ -329,10 +330,21 @@ async def test_unknown_route_is_404_with_the_error_body(client: httpx.AsyncClien
 
 
 async def test_model_override_for_the_default_backend(
-    oai: openai.AsyncOpenAI, app: FastAPI
+    oai: openai.AsyncOpenAI, make_app: MakeApp
 ) -> None:
-    resp = await oai.chat.completions.create(model="single:other-model", messages=QUESTION)
-    record = await stored(app, resp.model_extra["ttc"]["run_ids"][0])
+    with pytest.raises(openai.PermissionDeniedError) as info:  # not granted: 403
+        await oai.chat.completions.create(model="single:other-model", messages=QUESTION)
+    assert info.value.body["param"] == "model" and "allow: [model]" in info.value.message
+    async with make_app(allow=["model"]) as app:
+        transport = httpx.ASGITransport(app=app)
+        http = httpx.AsyncClient(transport=transport, base_url="http://test")
+        async with openai.AsyncOpenAI(
+            base_url="http://test/v1", api_key="x", http_client=http, max_retries=0
+        ) as granted:
+            resp = await granted.chat.completions.create(
+                model="single:other-model", messages=QUESTION
+            )
+        record = await stored(app, resp.model_extra["ttc"]["run_ids"][0])
     assert record.request["model"] == "other-model" and record.request["backend"] is None
     assert record.result["candidate"]["model"] == "other-model"
 

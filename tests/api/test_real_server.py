@@ -35,6 +35,7 @@ pytestmark = [pytest.mark.slow]
 
 QUESTION: list[ChatCompletionMessageParam] = [{"role": "user", "content": "What is 6 times 7?"}]
 SC2 = {"strategy": "self_consistency", "n": 2}
+AUTH_OFF = {"TTC_SERVICE__AUTH": "off"}
 BACKENDS = """\
 default: local
 backends:
@@ -69,7 +70,7 @@ def store_url(directory: Path) -> str:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """One server shared by the client tests of this module (auth off)."""
     directory = tmp_path_factory.mktemp("real-server")
-    with ttc_serve(directory, *serve_args(directory)) as proc:
+    with ttc_serve(directory, *serve_args(directory), env=AUTH_OFF) as proc:
         yield proc
 
 
@@ -248,8 +249,9 @@ def test_auth_with_keys_from_the_command_line(tmp_path: Path) -> None:
         ttc_serve(tmp_path, *serve_args(tmp_path)) as server,
         httpx.Client(base_url=server.url, timeout=30) as http,
     ):
-        assert "auth: OFF" in server.log()
-        assert http.get("/v1/models").status_code == 200  # no key configured: open
+        assert "auth: required, but NO active API key" in server.log()
+        closed = http.get("/v1/models")  # no key configured: closed, not open
+        assert closed.status_code == 401 and closed.json()["error"]["code"] == "no_api_keys"
 
         created = ttc("keys", "create", "ci", "--store", store)
         assert created.returncode == 0, created.stderr
@@ -259,9 +261,10 @@ def test_auth_with_keys_from_the_command_line(tmp_path: Path) -> None:
 
         def no_key_refused() -> httpx.Response | None:
             r = http.get("/v1/models")
-            return r if r.status_code == 401 else None
+            return r if r.json()["error"]["code"] == "missing_api_key" else None
 
-        refused = wait_until(no_key_refused, what="auth to turn on")  # cached up to ~5 s
+        refused = wait_until(no_key_refused, what="the key to be seen")  # cached up to ~5 s
+        assert refused.status_code == 401
         assert refused.json()["error"]["type"] == "authentication_error"
         assert refused.headers["www-authenticate"] == "Bearer"
         assert http.get("/healthz").status_code == 200  # health needs no key
@@ -311,7 +314,7 @@ def test_auth_with_keys_from_the_command_line(tmp_path: Path) -> None:
 
 def test_a_restart_keeps_finished_runs_and_fails_interrupted_ones(tmp_path: Path) -> None:
     args = serve_args(tmp_path)
-    with ttc_serve(tmp_path, *args, name="first") as first:
+    with ttc_serve(tmp_path, *args, name="first", env=AUTH_OFF) as first:
         with Client(first.url, api_key="", max_retries=0) as sdk:
             done = sdk.reason("What is 6*7?", SC2, seed=1)
             assert done.answer == "42"
@@ -322,7 +325,7 @@ def test_a_restart_keeps_finished_runs_and_fails_interrupted_ones(tmp_path: Path
     assert stored(store_url(tmp_path), interrupted_id).status == "running"
 
     with (
-        ttc_serve(tmp_path, *args, name="second") as second,
+        ttc_serve(tmp_path, *args, name="second", env=AUTH_OFF) as second,
         Client(second.url, api_key="", max_retries=0) as sdk,
     ):
         before = sdk.get_run(done.run_id)
@@ -347,7 +350,7 @@ def test_sigterm_finishes_or_cancels_in_flight_runs_within_the_grace(tmp_path: P
     config.write_text(f"shutdown_grace_seconds: {grace}\n")
     url = store_url(tmp_path)
     with (
-        ttc_serve(tmp_path, *serve_args(tmp_path), "--config", str(config)) as server,
+        ttc_serve(tmp_path, *serve_args(tmp_path), "--config", str(config), env=AUTH_OFF) as server,
         Client(server.url, api_key="", max_retries=0) as sdk,
         openai.OpenAI(base_url=f"{server.url}/v1", api_key="x", max_retries=0) as oai,
         ThreadPoolExecutor(1) as pool,

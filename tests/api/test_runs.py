@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -47,6 +48,7 @@ async def make_manager(store: RunStore) -> AsyncIterator[MakeManager]:
 
     def make(*backends: Backend, metrics: Any = None, key_store: Any = None, **settings: Any):
         orch = Orchestrator(list(backends) or [FakeBackend(name="local")])
+        settings.setdefault("auth", "off")
         mgr = RunManager(orch, store, metrics, ServiceSettings(**settings), key_store=key_store)
         made.append(mgr)
         return mgr
@@ -229,7 +231,9 @@ async def test_backend_failure_fails_the_run_with_its_trace(make_manager: MakeMa
     assert record.status == "failed"
     assert record.error is not None and record.error["type"] == "backend_error"
     assert record.error["code"] == "backend_unavailable"
-    assert "injected failure" in record.error["message"]
+    assert record.error["message"].startswith("no answer: every sample failed: [local]")
+    assert "error id" in record.error["message"]
+    assert "injected failure" not in record.error["message"]  # upstream text stays in the log
     assert record.result is not None and record.result["trace"] is not None
 
 
@@ -244,12 +248,12 @@ async def test_internal_errors_are_logged_not_stored(
     with caplog.at_level(logging.ERROR, logger="orchestrator.api.runs"):
         record = await mgr.wait(await mgr.submit(req()))
     assert record.status == "failed"
-    assert record.error == {
-        "message": "internal error",
-        "type": "internal_error",
-        "code": "internal_error",
-    }
+    error = record.error or {}
+    assert (error["type"], error["code"]) == ("internal_error", "internal_error")
+    error_id = re.fullmatch(r"internal error \(error id (\w+)\); .*", error["message"])
+    assert error_id is not None and "secret" not in error["message"]
     assert record.id in caplog.text and "secret internals" in caplog.text
+    assert error_id.group(1) in caplog.text  # the log holds the details under the id
 
 
 async def test_a_result_that_is_not_json_fails_the_run_cleanly(
@@ -287,7 +291,7 @@ async def test_metrics_and_key_tokens(make_manager: MakeManager) -> None:
         def __init__(self) -> None:
             self.added: list[tuple[str, int]] = []
 
-        async def add_tokens(self, key_id: str, tokens: int) -> None:
+        async def settle(self, key_id: str, run_id: str, tokens: int) -> None:
             self.added.append((key_id, tokens))
 
     keys, metrics = Keys(), ServiceMetrics()

@@ -42,14 +42,17 @@ SC4 = {"strategy": "self_consistency", "n": 4, "max_tokens": 64}
 
 
 def settings(tmp_path: Path, **overrides: Any) -> ServiceSettings:
+    overrides.setdefault("auth", "off")
     return ServiceSettings(store_url=f"sqlite:///{tmp_path / 'ttc.db'}", **overrides)
 
 
 @asynccontextmanager
-async def running_app(tmp_path: Path, *backends: FakeBackend) -> AsyncIterator[FastAPI]:
+async def running_app(
+    tmp_path: Path, *backends: FakeBackend, auth: str = "off"
+) -> AsyncIterator[FastAPI]:
     """The app over ``backends`` (default: one FakeBackend "local"), lifespan entered."""
     orch = Orchestrator(list(backends) or [FakeBackend(name="local", answers=["42"])])
-    app = create_app(settings(tmp_path), orchestrator=orch)
+    app = create_app(settings(tmp_path, auth=auth), orchestrator=orch)
     async with app.router.lifespan_context(app):
         yield app
 
@@ -150,7 +153,7 @@ async def test_catalogue_and_health(tmp_path: Path) -> None:
 
 
 async def test_auth_and_rate_limits(tmp_path: Path) -> None:
-    async with running_app(tmp_path) as app:
+    async with running_app(tmp_path, auth="required") as app:
         _, secret = await app.state.key_store.create("sdk", rpm_limit=2)
         auth_state(app.state).invalidate()
         async with sdk(app) as anonymous:

@@ -51,6 +51,7 @@ def server(
     env = {
         "TTC_MODEL_CACHE": str(embedded_model_dir.parent),
         "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
+        "TTC_SERVICE__AUTH": "off",  # a loopback test service
     }
     args = ["--backends", str(backends), "--store", str(directory / "ttc.db")]
     with ttc_serve(directory, *args, ready_timeout=START_TIMEOUT, env=env) as proc:

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from sqlalchemy import func, insert, inspect, select, update
+from sqlalchemy import func, insert, inspect, select, text, update
 
 from orchestrator.errors import StoreError
 from orchestrator.store import RunRecord, RunStore, make_engine, migrate
@@ -393,11 +393,37 @@ def test_migration_2_upgrades_a_version_1_store(
             conn.execute(
                 insert(Completion).values(key="k", sample_index=0, model="m", candidate="{}")
             )
-        assert migrate(engine) == 2
+        assert migrate(engine) == store_db.LATEST_VERSION
         with engine.connect() as conn:
             tables = set(inspect(conn).get_table_names())
             assert {"completions", "runs", "api_keys", "api_key_usage"} <= tables
             assert conn.scalar(select(func.count()).select_from(Completion)) == 1
-            assert conn.scalar(select(func.max(store_db.SchemaVersion.version))) == 2
+            latest = conn.scalar(select(func.max(store_db.SchemaVersion.version)))
+            assert latest == store_db.LATEST_VERSION
+    finally:
+        engine.dispose()
+
+
+def test_migration_3_adds_scopes_and_reservations_to_a_version_2_store(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = make_engine(store_url)
+    try:
+        with monkeypatch.context() as patch:  # a store written by the previous ttc
+            patch.setattr(store_db, "MIGRATIONS", store_db.MIGRATIONS[:2])
+            patch.setattr(store_db, "LATEST_VERSION", 2)
+            assert migrate(engine) == 2
+        with engine.begin() as conn:  # as version 2 declared them
+            conn.execute(text("ALTER TABLE api_keys DROP COLUMN scopes"))
+            conn.execute(text("ALTER TABLE api_key_usage DROP COLUMN reserved"))
+            conn.execute(text("INSERT INTO api_key_usage (key_id, day, tokens) "
+                              "VALUES ('k', '2025-01-01', 7)"))  # fmt: skip
+        assert migrate(engine) == 3
+        assert migrate(engine) == 3  # idempotent
+        with engine.connect() as conn:
+            assert "token_reservations" in inspect(conn).get_table_names()
+            assert "scopes" in {c["name"] for c in inspect(conn).get_columns("api_keys")}
+            rows = conn.execute(text("SELECT key_id, tokens, reserved FROM api_key_usage")).all()
+            assert [tuple(r) for r in rows] == [("k", 7, 0)]
     finally:
         engine.dispose()

@@ -21,6 +21,7 @@ from sqlalchemy import select
 from orchestrator.errors import ConfigError
 from orchestrator.store import ApiKey, KeyStore, make_engine
 from orchestrator.store.db import ApiKeyRow, ApiKeyUsage, table
+from orchestrator.store.run_store import RunStore
 
 T0 = datetime(2025, 3, 1, 23, 59, 0, tzinfo=UTC)  # one minute before a UTC day ends
 
@@ -214,7 +215,7 @@ async def test_concurrent_token_increments_are_never_lost(store_url: str, clock:
         for store in stores:
             await store.aclose()
     usage = raw_rows(store_url, ApiKeyUsage.__tablename__)
-    assert usage == [(key.id, T0.date(), sum(range(1, 91)))]
+    assert usage == [(key.id, T0.date(), sum(range(1, 91)), 0)]  # tokens, nothing reserved
 
 
 ADDER = textwrap.dedent(
@@ -270,3 +271,66 @@ async def test_key_rows_never_hold_the_plaintext_after_many_operations(
     finally:
         engine.dispose()
     assert sorted(hashes) == sorted(hashlib.sha256(p.encode()).hexdigest() for _, p in created)
+
+
+# -- scopes and daily token reservations ------------------------------------------------------
+
+
+async def test_scopes_are_stored_and_listed(keys: KeyStore) -> None:
+    key, plaintext = await keys.create("granted", scopes=["network", "network", "client_code"])
+    plain, _ = await keys.create("plain")
+    assert key.scopes == ["network", "client_code"]
+    verified = await keys.verify(plaintext)
+    assert verified is not None and verified.scopes == ["network", "client_code"]
+    assert {k.name: k.scopes for k in await keys.list()} == {
+        "granted": ["network", "client_code"],
+        "plain": [],
+    }
+    assert plain.scopes == []
+
+
+async def test_reserve_grants_what_is_left_and_settle_charges_what_was_spent(
+    keys: KeyStore, clock: Clock
+) -> None:
+    key, _ = await keys.create("k", daily_token_limit=100)
+    assert await keys.reserve(key.id, "r1", 60, 100) == 60
+    assert await keys.reserve(key.id, "r2", 60, 100) == 40  # only what is left
+    assert await keys.reserve(key.id, "r3", 60, 100) == 0  # nothing: nothing recorded
+    assert (await keys.reserved_today(key.id), await keys.tokens_today(key.id)) == (100, 0)
+    await keys.settle(key.id, "r1", 25)
+    assert (await keys.reserved_today(key.id), await keys.tokens_today(key.id)) == (40, 25)
+    assert await keys.reserve(key.id, "r4", 60, 100) == 35
+    await keys.settle(key.id, "r2", 0)
+    await keys.settle(key.id, "r4", 50)  # spent more than reserved: charged all the same
+    await keys.settle(key.id, "nope", 5)  # no reservation: just charged
+    assert (await keys.reserved_today(key.id), await keys.tokens_today(key.id)) == (0, 80)
+    with pytest.raises(ValueError):
+        await keys.reserve(key.id, "r5", 0, 100)
+
+
+async def test_release_stale_ends_reservations_of_runs_no_longer_in_flight(
+    keys: KeyStore, store_url: str
+) -> None:
+    key, _ = await keys.create("k", daily_token_limit=100)
+    async with RunStore(store_url) as runs:
+        await runs.create("live", {}, key_id=key.id)
+        await runs.create("done", {}, key_id=key.id)
+        await runs.finish("done", "failed")
+    for run_id in ("live", "done", "gone"):
+        assert await keys.reserve(key.id, run_id, 10, 100) == 10
+    assert await keys.release_stale() == 2  # "done" and "gone" (never stored)
+    assert await keys.reserved_today(key.id) == 10
+
+
+async def test_concurrent_reservations_of_two_replicas_never_exceed_the_limit(
+    store_url: str, clock: Clock
+) -> None:
+    """Two KeyStores (two engines, as two service replicas) reserve concurrently."""
+    async with KeyStore(store_url, clock=clock) as one, KeyStore(store_url, clock=clock) as two:
+        key, _ = await one.create("shared", daily_token_limit=1000)
+        grants = await asyncio.gather(
+            *((one if i % 2 else two).reserve(key.id, f"run-{i}", 70, 1000) for i in range(40))
+        )
+        held = await one.reserved_today(key.id)
+    assert sum(grants) == held == 1000  # 14 full grants, one partial, the rest nothing
+    assert sorted(g for g in grants if g) == [20] + [70] * 14

@@ -393,3 +393,11 @@ async def test_reply_prefix_prefills_the_judge_where_the_backend_can() -> None:
     plain = judge_backend(lambda r: "Score: 4", capabilities=Capabilities())
     (score,) = await LLMJudge(reply_prefix="Score:")(PROBLEM, [cand("x")], make_ctx(plain))
     assert score.value == pytest.approx(0.4) and plain.requests[0].continue_final is False
+
+
+@pytest.mark.parametrize(
+    "template", ["{question:>999999999} {answer}", "{question!r} {answer}", "{question} {answer.x}"]
+)
+def test_templates_take_plain_placeholders_only(template: str) -> None:
+    with pytest.raises(ConfigError, match="pointwise_template"):
+        build_verifier({"verifier": "llm_judge", "pointwise_template": template})
